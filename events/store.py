@@ -1,0 +1,370 @@
+"""The async event store over one NATS JetStream stream.
+
+Appends are guarded per aggregate by ``Nats-Expected-Last-Subject-Sequence`` over the
+aggregate's own subjects, so of two writers that loaded the same version exactly one wins.
+Several events of one aggregate go in one atomic batch (nats-server 2.12+), so they are stored
+all together or not at all. Reads use batched Direct Get, one request per page of messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import orjson
+from eventsourcing.domain import Aggregate, DomainEventProtocol
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from events.codec import (
+    AGGREGATE_TYPES,
+    HEADER_AGGREGATE_ID,
+    HEADER_EVENT,
+    HEADER_MSG_ID,
+    EncodedEvent,
+    EventCodec,
+    decode_payload,
+)
+from events.errors import ConcurrencyError, EventStoreError, NotFoundError, ValidationError
+from events.subjects import SubjectScheme
+
+logger = logging.getLogger(__name__)
+
+TAggregate = TypeVar("TAggregate", bound=Aggregate)
+
+# JetStream error codes this store reacts to.
+ERR_WRONG_LAST_SEQUENCE = 10071
+ERR_BATCH_DUPLICATE_MSG_ID = 10201
+
+MAX_BATCH_EVENTS = 1000
+PUBLISH_TIMEOUT_S = 5.0
+PUBLISH_ATTEMPTS = 3
+READ_PAGE_SIZE = 1000
+READ_TIMEOUT_S = 5.0
+
+# Aggregates loaded or saved by the store carry the stream sequence of their last event here.
+LAST_SEQUENCE_ATTR = "_botledger_last_sequence"
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedEvent:
+    """One stored event as read back from the stream."""
+
+    sequence: int
+    subject: str
+    name: str
+    aggregate_type: str
+    aggregate_id: str
+    aggregate_version: int
+    schema_version: int
+    org_id: str
+    bot_id: str | None
+    time_ms: int
+    headers: dict[str, str]
+    payload: bytes
+
+    def state(self) -> dict[str, Any]:
+        return decode_payload(self.payload)
+
+
+@dataclasses.dataclass(frozen=True)
+class AppendResult:
+    first_sequence: int
+    last_sequence: int
+    duplicate: bool = False
+
+
+def last_sequence_of(aggregate: Aggregate) -> int:
+    return int(getattr(aggregate, LAST_SEQUENCE_ATTR, 0))
+
+
+class EventStore:
+    """Append and read botledger events on one JetStream stream."""
+
+    def __init__(self, nc: NATS, stream: str, scheme: SubjectScheme) -> None:
+        self.nc = nc
+        self.stream = stream
+        self.scheme = scheme
+        self.codec = EventCodec()
+
+    # Appending
+
+    async def save(self, aggregate: Aggregate) -> AppendResult:
+        """Append the aggregate's pending events; raise ConcurrencyError if it is stale."""
+        pending = aggregate.collect_events()
+        if not pending:
+            last = last_sequence_of(aggregate)
+            return AppendResult(last, last)
+        result = await self.append(
+            aggregate,
+            pending,
+            expected_last_sequence=last_sequence_of(aggregate),
+        )
+        object.__setattr__(aggregate, LAST_SEQUENCE_ATTR, result.last_sequence)
+        return result
+
+    async def append(
+        self,
+        aggregate: Aggregate,
+        events: Sequence[DomainEventProtocol[Any]],
+        *,
+        expected_last_sequence: int,
+    ) -> AppendResult:
+        if len(events) > MAX_BATCH_EVENTS:
+            raise ValidationError(
+                f"Cannot append {len(events)} events at once: the limit is {MAX_BATCH_EVENTS}."
+            )
+        aggregate_type = AGGREGATE_TYPES[type(aggregate)]
+        org_id: str = getattr(aggregate, "org_id")
+        bot_id: str | None = getattr(aggregate, "bot_id", None)
+        filter_subject = self.scheme.aggregate_filter(
+            aggregate_type, str(aggregate.id), org_id, bot_id
+        )
+        encoded = [self.codec.encode(event) for event in events]
+        subjects = [
+            self.scheme.event_subject(aggregate_type, e.aggregate_id, org_id, e.name, bot_id)
+            for e in encoded
+        ]
+
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                ack = await self._publish(subjects, encoded, filter_subject, expected_last_sequence)
+            except (NatsTimeoutError, NoRespondersError) as error:
+                logger.warning(
+                    "Append of %d events to %s %s got no answer (attempt %d of %d): %r",
+                    len(encoded), aggregate_type, aggregate.id, attempt, PUBLISH_ATTEMPTS, error,
+                )
+                if attempt == PUBLISH_ATTEMPTS:
+                    raise EventStoreError(
+                        f"JetStream did not confirm the append to {aggregate_type} "
+                        f"{aggregate.id} after {PUBLISH_ATTEMPTS} attempts; retry the request."
+                    ) from error
+                await asyncio.sleep(0.2 * attempt)
+                continue
+            return await self._check_ack(ack, encoded, filter_subject, expected_last_sequence)
+        raise AssertionError("unreachable")
+
+    async def _publish(
+        self,
+        subjects: list[str],
+        encoded: list[EncodedEvent],
+        filter_subject: str,
+        expected_last_sequence: int,
+    ) -> dict[str, Any]:
+        guard = {
+            "Nats-Expected-Last-Subject-Sequence": str(expected_last_sequence),
+            "Nats-Expected-Last-Subject-Sequence-Subject": filter_subject,
+        }
+        if len(encoded) == 1:
+            headers = {**encoded[0].headers, **guard}
+            msg = await self.nc.request(
+                subjects[0], encoded[0].payload, timeout=PUBLISH_TIMEOUT_S, headers=headers
+            )
+            return _parse_ack(msg)
+
+        # Atomic batch: only the first message carries the concurrency guard, and only the
+        # commit message is answered with the ack of the whole batch.
+        batch_id = uuid.uuid4().hex
+        last = len(encoded)
+        for number, (subject, event) in enumerate(zip(subjects, encoded, strict=True), start=1):
+            headers = {
+                **event.headers,
+                "Nats-Batch-Id": batch_id,
+                "Nats-Batch-Sequence": str(number),
+            }
+            if number == 1:
+                headers.update(guard)
+            if number < last:
+                await self.nc.publish(subject, event.payload, headers=headers)
+                continue
+            headers["Nats-Batch-Commit"] = "1"
+            msg = await self.nc.request(
+                subject, event.payload, timeout=PUBLISH_TIMEOUT_S, headers=headers
+            )
+            return _parse_ack(msg)
+        raise AssertionError("unreachable")
+
+    async def _check_ack(
+        self,
+        ack: dict[str, Any],
+        encoded: list[EncodedEvent],
+        filter_subject: str,
+        expected_last_sequence: int,
+    ) -> AppendResult:
+        error = ack.get("error")
+        if error is None:
+            last = int(ack["seq"])
+            if ack.get("duplicate"):
+                return AppendResult(last, last, duplicate=True)
+            return AppendResult(last - len(encoded) + 1, last)
+
+        err_code = error.get("err_code")
+        if err_code in (ERR_WRONG_LAST_SEQUENCE, ERR_BATCH_DUPLICATE_MSG_ID):
+            # A retry of events that were already stored meets the same guard failure as a
+            # real conflict; telling them apart needs a look at what is stored.
+            stored = await self._find_stored(encoded, filter_subject, expected_last_sequence)
+            if stored is not None:
+                return AppendResult(stored[0], stored[-1], duplicate=True)
+            raise ConcurrencyError(
+                f"Another writer changed {filter_subject.rsplit('.', 1)[0]} first "
+                f"(expected last sequence {expected_last_sequence}); reload it and try again.",
+                {"expectedLastSequence": expected_last_sequence},
+            )
+        raise EventStoreError(
+            f"JetStream rejected the append: {error.get('description')} "
+            f"(error {err_code}).",
+            {"errCode": err_code},
+        )
+
+    async def _find_stored(
+        self, encoded: list[EncodedEvent], filter_subject: str, after_sequence: int
+    ) -> list[int] | None:
+        wanted = [event.headers[HEADER_MSG_ID] for event in encoded]
+        found: dict[str, int] = {}
+        async for raw in self._read_raw(after_sequence + 1, filter_subject, stop_at_end=True):
+            msg_id = (raw.headers or {}).get(HEADER_MSG_ID)
+            if msg_id in wanted:
+                found[msg_id] = int(raw.headers["Nats-Sequence"])  # type: ignore[index]
+        if len(found) != len(wanted):
+            return None
+        return [found[msg_id] for msg_id in wanted]
+
+    # Reading
+
+    async def load(
+        self,
+        aggregate_cls: type[TAggregate],
+        aggregate_id: uuid.UUID | str,
+        org_id: str | None = None,
+        bot_id: str | None = None,
+    ) -> TAggregate:
+        """Rebuild an aggregate from its events; NotFoundError when it has none."""
+        aggregate_type = AGGREGATE_TYPES[aggregate_cls]
+        filter_subject = self.scheme.aggregate_filter(
+            aggregate_type, str(aggregate_id), org_id, bot_id
+        )
+        aggregate: Any = None
+        last_sequence = 0
+        async for recorded in self.read(1, filter_subject):
+            domain_event = self.codec.decode(recorded.headers, recorded.payload)
+            aggregate = domain_event.mutate(aggregate)  # type: ignore[attr-defined]
+            last_sequence = recorded.sequence
+        if aggregate is None:
+            raise NotFoundError(
+                f"No {aggregate_type} with id {aggregate_id} exists.",
+                {"aggregateId": str(aggregate_id)},
+            )
+        object.__setattr__(aggregate, LAST_SEQUENCE_ATTR, last_sequence)
+        return aggregate  # type: ignore[no-any-return]
+
+    async def read(
+        self, from_sequence: int = 1, filter_subject: str | None = None
+    ) -> AsyncIterator[RecordedEvent]:
+        """Yield stored events from a sequence number up to the end of the stream as of now."""
+        async for raw in self._read_raw(from_sequence, filter_subject or self.scheme.all, True):
+            yield self.recorded(raw)
+
+    def recorded(self, msg: Msg) -> RecordedEvent:
+        """Describe a stored message from a Direct Get or a JetStream consumer."""
+        headers = dict(msg.headers or {})
+        if "Nats-Sequence" in headers:
+            subject = headers["Nats-Subject"]
+            sequence = int(headers["Nats-Sequence"])
+            time_ms = _timestamp_ms(headers["Nats-Time-Stamp"])
+        else:
+            metadata = msg.metadata
+            subject = msg.subject
+            sequence = metadata.sequence.stream
+            time_ms = int(metadata.timestamp.timestamp() * 1000)
+        parts = self.scheme.parse(subject)
+        return RecordedEvent(
+            sequence=sequence,
+            subject=subject,
+            name=headers.get(HEADER_EVENT, parts["event"]),
+            aggregate_type=parts["aggregateType"],
+            aggregate_id=headers.get(HEADER_AGGREGATE_ID, parts["aggregateId"]),
+            aggregate_version=int(headers.get("Botledger-Aggregate-Version", "0")),
+            schema_version=int(headers.get("Botledger-Schema-Version", "1")),
+            org_id=parts["orgId"],
+            bot_id=parts.get("botId"),
+            time_ms=time_ms,
+            headers=headers,
+            payload=msg.data,
+        )
+
+    def decode(self, recorded: RecordedEvent) -> DomainEventProtocol[Any]:
+        return self.codec.decode(recorded.headers, recorded.payload)
+
+    async def last_sequence(self) -> int:
+        msg = await self.nc.request(
+            f"$JS.API.STREAM.INFO.{self.stream}", b"", timeout=READ_TIMEOUT_S
+        )
+        info = orjson.loads(msg.data)
+        if "error" in info:
+            raise EventStoreError(f"Cannot read stream {self.stream}: {info['error']}.")
+        return int(info["state"]["last_seq"])
+
+    async def _read_raw(
+        self, from_sequence: int, filter_subject: str, stop_at_end: bool
+    ) -> AsyncIterator[Msg]:
+        """Page through stored messages with batched Direct Get requests."""
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        try:
+            sequence = max(1, from_sequence)
+            while True:
+                request = {"seq": sequence, "next_by_subj": filter_subject, "batch": READ_PAGE_SIZE}
+                await self.nc.publish(
+                    f"$JS.API.DIRECT.GET.{self.stream}", orjson.dumps(request), reply=inbox
+                )
+                more = False
+                while True:
+                    try:
+                        msg = await sub.next_msg(timeout=READ_TIMEOUT_S)
+                    except NatsTimeoutError as error:
+                        raise EventStoreError(
+                            f"Reading stream {self.stream} from sequence {sequence} timed out."
+                        ) from error
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status == "404":
+                        return
+                    if status == "204":
+                        more = int(headers.get("Nats-Num-Pending", "0")) > 0
+                        break
+                    if status is not None:
+                        raise EventStoreError(
+                            f"Direct Get on stream {self.stream} failed with status {status}: "
+                            f"{headers.get('Description')}."
+                        )
+                    sequence = int(headers["Nats-Sequence"]) + 1
+                    yield msg
+                if not more and stop_at_end:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+
+def _parse_ack(msg: Msg) -> dict[str, Any]:
+    try:
+        ack = orjson.loads(msg.data)
+    except orjson.JSONDecodeError as error:
+        raise EventStoreError(f"JetStream sent an unreadable ack: {msg.data[:200]!r}.") from error
+    if not isinstance(ack, dict):
+        raise EventStoreError(f"JetStream sent an unexpected ack: {ack!r}.")
+    return ack
+
+
+def _timestamp_ms(value: str) -> int:
+    # nats-server sends nanoseconds, which datetime cannot parse; keep microseconds.
+    head, _, rest = value.partition(".")
+    fraction = rest.rstrip("Z")[:6]
+    text = f"{head}.{fraction or '0'}+00:00"
+    return int(datetime.fromisoformat(text).timestamp() * 1000)
