@@ -319,8 +319,11 @@ class EventStore:
         sub = await self.nc.subscribe(inbox)
         try:
             sequence = max(1, from_sequence)
+            # The server scans until a batch is full, so the first page asks for one message
+            # and learns from its Nats-Num-Pending header how many more match.
+            page_size = 1
             while True:
-                request = {"seq": sequence, "next_by_subj": filter_subject, "batch": READ_PAGE_SIZE}
+                request = {"seq": sequence, "next_by_subj": filter_subject, "batch": page_size}
                 await self.nc.publish(
                     f"$JS.API.DIRECT.GET.{self.stream}", orjson.dumps(request), reply=inbox
                 )
@@ -337,7 +340,9 @@ class EventStore:
                     if status == "404":
                         return
                     if status == "204":
-                        more = int(headers.get("Nats-Num-Pending", "0")) > 0
+                        pending = int(headers.get("Nats-Num-Pending", "0"))
+                        more = pending > 0
+                        page_size = max(1, min(pending, READ_PAGE_SIZE))
                         break
                     if status is not None:
                         raise EventStoreError(

@@ -163,13 +163,15 @@ async def connect(url: str, name: str) -> NATS:
         logger.warning("NATS connection error (%s): %r", name, error)
 
     async def on_disconnected() -> None:
-        logger.warning("NATS connection %s lost; reconnecting", name)
+        if not (connection.is_closed or connection.is_draining):
+            logger.warning("NATS connection %s lost; reconnecting", name)
 
     async def on_reconnected() -> None:
         logger.info("NATS connection %s restored", name)
 
+    connection = NATS()
     try:
-        nc = await nats.connect(
+        await connection.connect(
             url,
             name=name,
             error_cb=on_error,
@@ -180,6 +182,7 @@ async def connect(url: str, name: str) -> NATS:
             connect_timeout=5,
             allow_reconnect=True,
         )
+        nc = connection
     except (OSError, nats.errors.NoServersError) as error:
         raise BotledgerError(
             f"Cannot connect to NATS at {url}: {error!r}. Check that the server runs, or unset "

@@ -96,6 +96,7 @@ class Projector:
         self.durable = f"projector-{read_store.store_id}"
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.listeners: list[Callable[[list[RecordedEvent]], None]] = []
 
     @property
@@ -112,6 +113,8 @@ class Projector:
         self._task = asyncio.create_task(self._run(), name=self.durable)
 
     async def stop(self) -> None:
+        # nats-py's fetch turns a cancellation into a timeout, so the loop also checks a flag.
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             try:
@@ -170,16 +173,18 @@ class Projector:
         logger.info(
             "Projector %s consuming from sequence %d", self.durable, self.last_sequence + 1
         )
-        while True:
+        while not self._stopping:
             try:
                 yield await subscription.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
             except NatsTimeoutError:
                 continue
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 async for messages in self._messages():
+                    if not messages:
+                        continue
                     self._apply(messages)
                     await messages[-1].ack()
             except asyncio.CancelledError:
