@@ -68,7 +68,9 @@ def _public_event_classes() -> dict[str, tuple[type[Aggregate], type[Any]]]:
     registry: dict[str, tuple[type[Aggregate], type[Any]]] = {}
     for aggregate_cls in AGGREGATE_TYPES:
         for value in vars(aggregate_cls).values():
-            if isinstance(value, type) and issubclass(value, Aggregate.Event):
+            # eventsourcing also attaches its generic Created and Event bases to each class.
+            is_event = isinstance(value, type) and issubclass(value, Aggregate.Event)
+            if is_event and value.__name__ not in ("Created", "Event"):
                 registry[value.__name__] = (aggregate_cls, value)
     return registry
 
@@ -135,9 +137,26 @@ class EventCodec:
             ) from error
 
 
-def decode_payload(payload: bytes) -> dict[str, Any]:
-    """Return an event's payload as a plain dict, for views and subscribers."""
+def decode_payload(payload: bytes, name: str | None = None) -> dict[str, Any]:
+    """Return an event's payload as a plain dict, upcast to the current schema when named.
+
+    Projections read payloads this way rather than as domain events, so they get the same
+    upcasting as EventCodec.decode.
+    """
     state = orjson.loads(payload)
     if not isinstance(state, dict):
         raise CodecError("An event payload must be a JSON object.")
+    if name is not None and name in EVENT_CLASSES:
+        upcast_state(EVENT_CLASSES[name][1], state)
     return state
+
+
+def upcast_state(event_cls: type[Any], state: dict[str, Any]) -> None:
+    """Rewrite an older event state in place to the class's current schema version."""
+    current = getattr(event_cls, "class_version", 1)
+    version = state.pop("class_version", 1)
+    while version < current:
+        getattr(event_cls, f"upcast_v{version}_v{version + 1}")(state)
+        version += 1
+    if current > 1:
+        state["class_version"] = current

@@ -26,7 +26,25 @@ TERMINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
 class Execution(Aggregate):
     """One execution of a bot's step program, with everything it produced."""
 
-    @event("ExecutionRequested")
+    class ExecutionRequested(Aggregate.Created):
+        """An execution was asked for. Schema version 2 added ``requested_by``."""
+
+        class_version = 2
+        org_id: str
+        bot_id: str
+        trigger: str
+        params: dict[str, Any]
+        encrypted_secrets: str | None
+        idempotency_key: str | None
+        program: dict[str, Any]
+        requested_by: str | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            # Version 1 did not record who asked for the execution.
+            state["requested_by"] = None
+
+    @event(ExecutionRequested)
     def __init__(
         self,
         id: UUID,
@@ -37,6 +55,7 @@ class Execution(Aggregate):
         encrypted_secrets: str | None,
         idempotency_key: str | None,
         program: dict[str, Any],
+        requested_by: str | None = None,
     ) -> None:
         # `program` is a snapshot of the bot (target URL, steps, script version, capabilities)
         # at request time, so the runner and any audit see exactly what was asked for.
@@ -47,6 +66,7 @@ class Execution(Aggregate):
         self.encrypted_secrets = encrypted_secrets
         self.idempotency_key = idempotency_key
         self.program = program
+        self.requested_by = requested_by
         self.status = PENDING
         self.runner_id: str | None = None
         self.attempt = 0

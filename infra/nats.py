@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +18,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import NotFoundError as JsNotFoundError
 
 from events.errors import BotledgerError, ServerVersionError, SettingsError
+from infra.processes import ManagedProcess, free_port, is_port_free, signal_group
 from infra.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -29,6 +27,7 @@ MIN_SERVER_VERSION = (2, 12)
 STARTUP_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 DUPLICATE_WINDOW_S = 120.0
+DRAIN_TIMEOUT_S = 5.0
 
 
 def nats_server_executable() -> str:
@@ -45,21 +44,6 @@ def nats_server_executable() -> str:
     return found
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class NatsServerSupervisor:
     """Run a private nats-server with JetStream on 127.0.0.1 under a data directory.
 
@@ -71,7 +55,7 @@ class NatsServerSupervisor:
         self.directory = directory
         self.requested_port = port
         self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -83,9 +67,9 @@ class NatsServerSupervisor:
         port_file = self.directory / "port"
         if port_file.exists():
             saved = int(port_file.read_text().strip() or 0)
-            if saved and _port_is_free(saved):
+            if saved and is_port_free(saved):
                 return saved
-        port = _free_port()
+        port = free_port()
         port_file.write_text(str(port))
         return port
 
@@ -99,26 +83,22 @@ class NatsServerSupervisor:
             f'server_name: "botledger-embedded"\n'
             f'jetstream {{\n  store_dir: "{store_dir}"\n}}\n'
         )
-        log_path = self.directory / "nats-server.log"
-        with open(log_path, "ab") as log_file:
-            self.process = subprocess.Popen(
-                [nats_server_executable(), "-c", str(config)],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        logger.info("Starting nats-server (pid %d) on %s", self.process.pid, self.url)
-        await self._wait_ready(log_path)
+        self.process = ManagedProcess(
+            "nats-server", nats_server_executable(), ["-c", str(config)], self.directory
+        )
+        await self.process.start()
+        logger.info("Starting nats-server (pid %s) on %s", self.process.pid, self.url)
+        await self._wait_ready()
         return self.url
 
-    async def _wait_ready(self, log_path: Path) -> None:
+    async def _wait_ready(self) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
+            if not self.process.is_running():
                 raise BotledgerError(
-                    f"nats-server exited with code {self.process.returncode} during start; "
-                    f"see {log_path}."
+                    f"nats-server exited with code {self.process.returncode} during start:\n"
+                    f"{self.process.log_tail()}"
                 )
             with contextlib.suppress(OSError):
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -130,30 +110,21 @@ class NatsServerSupervisor:
         await self.stop()
         raise BotledgerError(
             f"nats-server did not accept connections on {self.url} within "
-            f"{STARTUP_TIMEOUT_S:.0f} s; see {log_path}."
+            f"{STARTUP_TIMEOUT_S:.0f} s; see {self.process.log_path}."
         )
 
     async def stop(self) -> None:
-        process = self.process
-        if process is None or process.poll() is not None:
+        if self.process is None or not self.process.is_running():
             return
-        logger.info("Stopping nats-server (pid %d)", process.pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            await asyncio.to_thread(process.wait, STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            logger.warning("nats-server (pid %d) ignored SIGTERM; killing it", process.pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await asyncio.to_thread(process.wait)
+        logger.info("Stopping nats-server (pid %s)", self.process.pid)
+        await self.process.stop(STOP_TIMEOUT_S)
         logger.info("nats-server stopped")
 
-    def kill(self) -> None:
+    async def kill(self) -> None:
         """Kill the server at once, as a crash would."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.process is not None and self.process.pid is not None:
+            signal_group(self.process.pid, signal.SIGKILL)
+            await self.process.wait()
 
 
 async def connect(url: str, name: str) -> NATS:
@@ -178,8 +149,9 @@ async def connect(url: str, name: str) -> NATS:
             disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected,
             max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
+            reconnect_time_wait=1,
             connect_timeout=5,
+            drain_timeout=DRAIN_TIMEOUT_S,
             allow_reconnect=True,
         )
         nc = connection

@@ -32,7 +32,7 @@ def handles(name: str) -> Callable[[Handler], Handler]:
 def apply_event(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
     handler = HANDLERS.get(recorded.name)
     if handler is not None:
-        handler(conn, recorded, recorded.state())
+        handler(conn, recorded, recorded.current_state())
 
 
 # Bots

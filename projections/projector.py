@@ -12,10 +12,11 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError as JsNotFoundError
 
@@ -70,7 +71,7 @@ async def rebuild(
     target = await event_store.last_sequence()
     applied = 0
     batch: list[RecordedEvent] = []
-    async for recorded in event_store.read(read_store.last_sequence + 1):
+    async for recorded in event_store.replay(read_store.last_sequence + 1, target):
         batch.append(recorded)
         if len(batch) >= REPLAY_TRANSACTION_EVENTS:
             apply_batch(read_store, batch)
@@ -104,7 +105,8 @@ class Projector:
         return self.read_store.last_sequence
 
     async def start(self) -> None:
-        # Catch up with Direct Get first: it is faster than a consumer for a long backlog.
+        # Catch up with a replay first: it streams a long backlog faster than the durable
+        # consumer's fetch requests.
         applied = await rebuild(self.event_store, self.read_store)
         logger.info(
             "Projector %s caught up: %d events applied, at sequence %d",
@@ -173,11 +175,15 @@ class Projector:
         logger.info(
             "Projector %s consuming from sequence %d", self.durable, self.last_sequence + 1
         )
-        while not self._stopping:
-            try:
-                yield await subscription.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
-            except NatsTimeoutError:
-                continue
+        try:
+            while not self._stopping:
+                try:
+                    yield await subscription.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
+                except asyncio.TimeoutError:  # nats-py raises both its own and asyncio's
+                    continue
+        finally:
+            # A pull subscription left open keeps late replies queued and stalls drain().
+            await _unsubscribe(subscription, self.durable)
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -205,3 +211,10 @@ class Projector:
             self.durable, len(recorded), last, (time.perf_counter() - started) * 1000,
         )
 
+
+
+async def _unsubscribe(subscription: Any, name: str) -> None:
+    try:
+        await subscription.unsubscribe()
+    except (nats.errors.Error, asyncio.TimeoutError) as error:
+        logger.warning("Unsubscribing %s failed: %r", name, error)

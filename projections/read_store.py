@@ -278,7 +278,7 @@ class ReadStore:
         sql = "SELECT * FROM executions WHERE org_id = ? AND bot_id = ?"
         args: tuple[Any, ...] = (org_id, bot_id)
         if status is not None:
-            sql += " AND status = ? AND extracted IS NOT NULL"
+            sql += " AND status = ? AND extracted IS NOT NULL AND extracted != '{}'"
             args += (status,)
         row: sqlite3.Row | None = self.conn.execute(
             sql + " ORDER BY seq DESC LIMIT 1", args

@@ -242,7 +242,7 @@ async def test_load_after_server_restart(tmp_path: Any, fresh_settings: Settings
     before = state_of(await store.load(Execution, execution.id))
     await nc.close()
 
-    supervisor.kill()
+    await supervisor.kill()
     await supervisor.start()
     nc = await connect(supervisor.url, "restart-test")
     try:

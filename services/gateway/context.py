@@ -47,4 +47,4 @@ class GatewayContext:
 
 
 CONTEXT = web.AppKey("botledger_context", GatewayContext)
-PRINCIPAL = "botledger_principal"
+PRINCIPAL = web.RequestKey("botledger_principal", Principal)

@@ -18,10 +18,10 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pyppeteer.errors import PyppeteerError
 
@@ -37,7 +37,7 @@ from infra.secrets import SecretBox
 from infra.settings import Settings
 from services.runner.capabilities import apply_capabilities
 from services.runner.executor import ProgramRunner, StepError
-from services.runner.recorder import ExecutionRecorder
+from services.runner.recorder import Command, ExecutionRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Runner:
         if self._loop_task is not None:
             await _cancel_and_wait(self._loop_task)
         if self._cancel_sub is not None:
-            with contextlib.suppress(BotledgerError, OSError):
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                 await self._cancel_sub.unsubscribe()
         if self._tasks:
             _, running = await asyncio.wait(self._tasks, timeout=grace_s)
@@ -137,11 +137,19 @@ class Runner:
     # Intake
 
     async def _fetch_loop(self, subscription: Any) -> None:
+        try:
+            await self._fetch_until_stopped(subscription)
+        finally:
+            # A pull subscription left open keeps late replies queued and stalls drain().
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                await subscription.unsubscribe()
+
+    async def _fetch_until_stopped(self, subscription: Any) -> None:
         while not self._stopping:
             await self._slots.acquire()
             try:
                 messages = await subscription.fetch(1, timeout=FETCH_TIMEOUT_S)
-            except NatsTimeoutError:
+            except asyncio.TimeoutError:  # nats-py raises both its own and asyncio's
                 self._slots.release()
                 continue
             except asyncio.CancelledError:
@@ -267,85 +275,98 @@ class Runner:
         self, execution: Execution, recorder: ExecutionRecorder, secrets: dict[str, Any]
     ) -> None:
         execution_id = str(execution.id)
-        program = execution.program
-        capabilities = program.get("capabilities") or {}
-        timeout_s = float(capabilities.get("timeout") or self.settings.default_execution_timeout_s)
         job = _Job(execution_id)
         self.jobs[execution_id] = job
         recorder.on_cancel_requested = lambda: job.cancel("Cancelled at the request of a client.")
         started = time.monotonic()
-        context = None
-        page = None
         logger.info(
             "Execution %s of bot %s started on %s (attempt %d)",
             execution_id, execution.bot_id, self.runner_id, execution.attempt,
         )
         recorder.log("system", "info", f"Execution started on {self.runner_id}.")
+        holder: dict[str, Any] = {}
+        try:
+            outcome = await self._execute(execution, recorder, secrets, job, started, holder)
+        finally:
+            self.jobs.pop(execution_id, None)
+            # The context closes before the terminal event, so whoever sees the execution
+            # finished also sees its browser context gone.
+            if "context" in holder:
+                await self.browser.close_context(holder["context"])
+        recorder.note_dropped_logs()
+        await recorder.commit(outcome)
+
+    async def _execute(
+        self,
+        execution: Execution,
+        recorder: ExecutionRecorder,
+        secrets: dict[str, Any],
+        job: _Job,
+        started: float,
+        holder: dict[str, Any],
+    ) -> Command:
+        """Run the program and return the command that records how it ended."""
+        program = execution.program
+        capabilities = program.get("capabilities") or {}
+        timeout_s = float(capabilities.get("timeout") or self.settings.default_execution_timeout_s)
+        page = None
         try:
             if execution.cancel_requested:
                 job.cancel("Cancelled at the request of a client.")
                 raise asyncio.CancelledError
-            context = await self.browser.new_context(self._proxy_for(capabilities))
-            page = await context.newPage()
+            holder["context"] = await self.browser.new_context(self._proxy_for(capabilities))
+            page = await holder["context"].newPage()
             await apply_capabilities(page, capabilities)
             params = {**execution.params, **secrets}
             bot = {"targetUrl": program.get("targetUrl"), "name": program.get("botName")}
             job.task = asyncio.create_task(
                 self.program_runner.run(
                     page, program.get("steps") or [], params, bot, recorder,
-                    set(secrets.values()), execution_id=execution_id,
+                    set(secrets.values()), execution_id=str(execution.id),
                 )
             )
             if job.cancel_reason is not None:
                 job.task.cancel()
             extracted = await asyncio.wait_for(asyncio.shield(job.task), timeout_s)
-            recorder.note_dropped_logs()
             duration_ms = _elapsed_ms(started)
             recorder.log("system", "info", f"Execution completed in {duration_ms} ms.")
-            await recorder.commit(lambda e: e.complete(extracted, duration_ms))
+            return lambda e: e.complete(extracted, duration_ms)
         except asyncio.TimeoutError:
             if job.task is not None:
                 await _cancel_and_wait(job.task)
-            await self._finish_with_evidence(
+            return await self._failure(
                 recorder, page, started, timed_out=True,
                 reason=f"The execution exceeded its time limit of {timeout_s:g} s.",
             )
         except asyncio.CancelledError:
             if job.cancel_reason is None:
                 raise
-            await self._finish_cancelled(recorder, job, page, started)
+            return await self._cancellation(recorder, job, page, started)
         except StepError as error:
-            await self._finish_with_evidence(
+            return await self._failure(
                 recorder, page, started, timed_out=False, reason=str(error),
                 failed_step=error.index,
             )
         except (BotledgerError, PyppeteerError, OSError) as error:
-            logger.warning("Execution %s failed outside a step: %r", execution_id, error)
-            await self._finish_with_evidence(
+            logger.warning("Execution %s failed outside a step: %r", execution.id, error)
+            return await self._failure(
                 recorder, page, started, timed_out=False,
                 reason=f"The runner could not run the execution: {error}",
             )
-        finally:
-            self.jobs.pop(execution_id, None)
-            if context is not None:
-                await self.browser.close_context(context)
 
-    async def _finish_cancelled(
+    async def _cancellation(
         self, recorder: ExecutionRecorder, job: _Job, page: Any, started: float
-    ) -> None:
+    ) -> Command:
         reason = job.cancel_reason or "Cancelled."
         if job.task is not None and not job.task.done():
             await _cancel_and_wait(job.task)
         if job.shutdown:
-            await self._finish_with_evidence(
-                recorder, page, started, timed_out=False, reason=reason
-            )
-            return
+            return await self._failure(recorder, page, started, timed_out=False, reason=reason)
         logger.info("Execution %s cancelled: %s", recorder.execution_id, reason)
         recorder.log("system", "info", reason)
-        await recorder.commit(lambda e: e.cancel(reason))
+        return lambda e: e.cancel(reason)
 
-    async def _finish_with_evidence(
+    async def _failure(
         self,
         recorder: ExecutionRecorder,
         page: Any,
@@ -354,7 +375,8 @@ class Runner:
         timed_out: bool,
         reason: str,
         failed_step: int | None = None,
-    ) -> None:
+    ) -> Command:
+        """Capture the failure evidence and return the command that records the failure."""
         screenshot_key, dom_key = await self._capture_evidence(recorder, page)
         duration_ms = _elapsed_ms(started)
         logger.info(
@@ -362,15 +384,9 @@ class Runner:
             recorder.execution.bot_id, "timed out" if timed_out else "failed", reason,
         )
         recorder.log("system", "error", reason)
-        recorder.note_dropped_logs()
         if timed_out:
-            await recorder.commit(
-                lambda e: e.time_out(reason, duration_ms, failed_step, screenshot_key, dom_key)
-            )
-        else:
-            await recorder.commit(
-                lambda e: e.fail(reason, duration_ms, failed_step, screenshot_key, dom_key)
-            )
+            return lambda e: e.time_out(reason, duration_ms, failed_step, screenshot_key, dom_key)
+        return lambda e: e.fail(reason, duration_ms, failed_step, screenshot_key, dom_key)
 
     async def _capture_evidence(
         self, recorder: ExecutionRecorder, page: Any
