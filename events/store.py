@@ -145,7 +145,7 @@ class EventStore:
                 ack = await self._publish(subjects, encoded, filter_subject, expected_last_sequence)
             except (NatsTimeoutError, NoRespondersError) as error:
                 logger.warning(
-                    "Append of %d events to %s %s got no answer (attempt %d of %d): %r",
+                    "Append of %d events to %s %s got no response (attempt %d of %d): %r",
                     len(encoded), aggregate_type, aggregate.id, attempt, PUBLISH_ATTEMPTS, error,
                 )
                 if attempt == PUBLISH_ATTEMPTS:
@@ -177,7 +177,7 @@ class EventStore:
             return _parse_ack(msg)
 
         # Atomic batch: only the first message carries the concurrency guard, and only the
-        # commit message is answered with the ack of the whole batch.
+        # commit message gets a response, the ack of the whole batch.
         batch_id = uuid.uuid4().hex
         last = len(encoded)
         for number, (subject, event) in enumerate(zip(subjects, encoded, strict=True), start=1):
@@ -214,8 +214,8 @@ class EventStore:
 
         err_code = error.get("err_code")
         if err_code in (ERR_WRONG_LAST_SEQUENCE, ERR_BATCH_DUPLICATE_MSG_ID):
-            # A retry of events that were already stored meets the same guard failure as a
-            # real conflict; telling them apart needs a look at what is stored.
+            # A retry of events that were already stored fails the guard just like a real
+            # conflict, so the stored events decide which of the two this is.
             stored = await self._find_stored(encoded, filter_subject, expected_last_sequence)
             if stored is not None:
                 return AppendResult(stored[0], stored[-1], duplicate=True)
@@ -233,15 +233,15 @@ class EventStore:
     async def _find_stored(
         self, encoded: list[EncodedEvent], filter_subject: str, after_sequence: int
     ) -> list[int] | None:
-        wanted = [event.headers[HEADER_MSG_ID] for event in encoded]
+        expected_ids = [event.headers[HEADER_MSG_ID] for event in encoded]
         found: dict[str, int] = {}
         async for raw in self._read_raw(after_sequence + 1, filter_subject):
             msg_id = (raw.headers or {}).get(HEADER_MSG_ID)
-            if msg_id in wanted:
+            if msg_id in expected_ids:
                 found[msg_id] = int(raw.headers["Nats-Sequence"])  # type: ignore[index]
-        if len(found) != len(wanted):
+        if len(found) != len(expected_ids):
             return None
-        return [found[msg_id] for msg_id in wanted]
+        return [found[msg_id] for msg_id in expected_ids]
 
     # Reading
 

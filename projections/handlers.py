@@ -1,4 +1,4 @@
-"""How each public event changes the views.
+"""Projection handlers: the change each public event makes to the views.
 
 Handlers use only the event's payload and the stream's sequence and timestamp, never the wall
 clock, so replaying the stream into an empty store reproduces every row exactly.
@@ -84,11 +84,12 @@ def bot_manifest_updated(conn: sqlite3.Connection, e: RecordedEvent, s: dict[str
 
 
 def public_webhook(webhook: dict[str, Any]) -> dict[str, Any]:
-    """The webhook section without its secrets, with a flag telling whether each is set."""
+    """Return the webhook section without its secrets, with a flag telling whether each is set."""
     view = {k: v for k, v in webhook.items() if k not in WEBHOOK_SECRET_FIELDS}
     view.pop("encryptedSecrets", None)
+    stored = set(view.pop("secretFields", []))
     for field in WEBHOOK_SECRET_FIELDS:
-        view[f"{field}Set"] = bool(webhook.get(field) or webhook.get("encryptedSecrets"))
+        view[f"{field}Set"] = field in stored
     return view
 
 

@@ -305,7 +305,7 @@ class ReadStore:
         return self.conn.execute(sql + " ORDER BY seq DESC LIMIT ?", (*args, limit + 1)).fetchall()
 
     def dump(self) -> dict[str, list[tuple[Any, ...]]]:
-        """Every view row in a stable order, for comparing two stores."""
+        """Return every view row in a stable order, for comparing two stores."""
         return {
             table: [
                 tuple(row)

@@ -226,6 +226,8 @@ async def test_webhook_secrets_encrypted_not_returned(gateway: Gateway) -> None:
     assert webhook["auth"] == "hmac"
     assert webhook["dataPath"] == "products.0"
     assert webhook["secretSet"] is True
+    assert webhook["passwordSet"] is False
+    assert "secretFields" not in webhook
     assert "secret" not in webhook
     assert "encryptedSecrets" not in webhook
     stored = [e async for e in gateway.context.event_store.read(before + 1)]
@@ -283,6 +285,7 @@ async def test_webhook_validation_problems(gateway: Gateway) -> None:
                           "password": "pw"}},
     )
     assert jwt["data"]["webhook"]["passwordSet"] is True
+    assert jwt["data"]["webhook"]["secretSet"] is False
     assert jwt["data"]["webhook"]["username"] == "u"
     assert "password" not in jwt["data"]["webhook"]
 

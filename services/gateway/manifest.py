@@ -29,6 +29,7 @@ WEBHOOK_FIELDS = ("url", "auth", "secret", "loginUrl", "username", "password", "
 WEBHOOK_AUTH_MODES = ("none", "hmac", "jwt")
 WEBHOOK_SECRET_FIELDS = ("secret", "password")
 ENCRYPTED_SECRETS = "encryptedSecrets"
+SECRET_FIELDS = "secretFields"
 
 MAX_URL_CHARS = 2048
 MAX_SECRET_CHARS = 4096
@@ -170,6 +171,8 @@ def validate_webhook(
     kept = {name: value for name, value in secrets.items() if name in used}
     if kept:
         stored[ENCRYPTED_SECRETS] = secret_box.encrypt(kept)
+        # The names, not the values, stay readable so views can tell which secrets are set.
+        stored[SECRET_FIELDS] = sorted(kept)
     return stored
 
 
