@@ -127,6 +127,16 @@ class NatsServerSupervisor:
             await self.process.wait()
 
 
+def check_server_version(major: int, minor: int, url: str) -> None:
+    """Raise ServerVersionError for a nats-server without atomic batch publish (before 2.12)."""
+    if (major, minor) < MIN_SERVER_VERSION:
+        raise ServerVersionError(
+            f"nats-server {major}.{minor} at {url} is too old: botledger needs 2.12 or newer "
+            "for atomic batch publish. Upgrade the server, or unset BOTLEDGER_NATS_URL to use "
+            "the embedded one."
+        )
+
+
 async def connect(url: str, name: str) -> NATS:
     """Connect to NATS and refuse servers without atomic batch publish."""
 
@@ -161,12 +171,11 @@ async def connect(url: str, name: str) -> NATS:
             "BOTLEDGER_NATS_URL to use the embedded one."
         ) from error
     version = nc.connected_server_version
-    if (version.major, version.minor) < MIN_SERVER_VERSION:
+    try:
+        check_server_version(version.major, version.minor, url)
+    except ServerVersionError:
         await nc.close()
-        raise ServerVersionError(
-            f"nats-server {version} at {url} is too old: botledger needs 2.12 or newer for "
-            "atomic batch publish."
-        )
+        raise
     logger.info("Connected to nats-server %s at %s as %s", version, url, name)
     return nc
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import orjson
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
 from events.execution import CANCELLED, COMPLETED, FAILED, RUNNING, TIMED_OUT
-from infra.processes import become_subreaper, count_defunct, reap_zombies
+from infra.processes import become_subreaper, count_defunct, list_processes
 from services.runner.service import Runner
 from runner_fixtures import (
     RunnerStack,
@@ -52,6 +53,15 @@ async def stack(
     yield runner_stack, runner
     await runner.stop()
     await runner_stack.event_store.nc.close()
+
+
+def chromium_zombies() -> set[int]:
+    """Zombie Chromium processes whose parent is this (subreaper) test process."""
+    return {
+        process.pid
+        for process in list_processes()
+        if process.is_zombie and "chrom" in process.comm.lower() and process.ppid == os.getpid()
+    }
 
 
 async def test_extraction_completes(stack: tuple[RunnerStack, Runner]) -> None:
@@ -173,8 +183,8 @@ async def test_secret_never_stored_in_clear(stack: tuple[RunnerStack, Runner]) -
 
 async def test_fifty_executions_leave_nothing_open(stack: tuple[RunnerStack, Runner]) -> None:
     runner_stack, runner = stack
-    # Browsers launched by earlier test modules leave zombies that this subreaper adopted.
-    reap_zombies()
+    # Browsers that earlier test modules launched may have left zombies; only new ones count.
+    zombies_before = chromium_zombies()
     programs = [
         [{"action": "goto", "url": "{{bot.targetUrl}}/"},
          {"action": "extract", "name": "t", "selector": "#title"}],
@@ -198,7 +208,7 @@ async def test_fifty_executions_leave_nothing_open(stack: tuple[RunnerStack, Run
     assert statuses.count(TIMED_OUT) == 2
     assert runner.browser.open_context_count() == 0
     assert runner.browser.open_page_count() == 0
-    assert count_defunct("chrom", parent_pid=os.getpid()) == 0
+    assert chromium_zombies() - zombies_before == set()
     assert count_defunct("chrom", parent_pid=runner.browser.pid) == 0
 
 
@@ -250,3 +260,59 @@ async def test_killed_runner_execution_ends(
     assert running.runner_id is not None
     assert running.runner_id in done.failure["reason"]
     assert time.monotonic() - killed_at < settings.runner_ack_wait_s * 3 + 5
+
+
+async def test_proxy_capability_routes_through_proxy(
+    servers: SharedServers, site: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    seen_urls: list[str] = []
+
+    async def stand_in_proxy(request: web.Request) -> web.Response:
+        # Answers every proxied request itself, so the made-up host is never resolved.
+        seen_urls.append(str(request.url))
+        return web.Response(text="<p id='via'>served by the proxy</p>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", stand_in_proxy)
+    proxy_runner = web.AppRunner(app, access_log=None)
+    await proxy_runner.setup()
+    await web.TCPSite(proxy_runner, "127.0.0.1", 0).start()
+    proxy_port = proxy_runner.addresses[0][1]
+    runner_stack = await start_runner_stack(tmp_path_factory.mktemp("proxy"), servers, site)
+    runner = runner_stack.new_runner("runner-proxy", proxy_url=f"http://127.0.0.1:{proxy_port}")
+    await runner.start()
+    try:
+        proxied = await runner_stack.request(
+            [{"action": "goto", "url": "http://shop.botledger-test.invalid/start"},
+             {"action": "extract", "name": "via", "selector": "#via"}],
+            capabilities={"proxy": True},
+        )
+        direct = await runner_stack.request(
+            [{"action": "goto", "url": "{{bot.targetUrl}}/"},
+             {"action": "extract", "name": "title", "selector": "#title"}],
+            capabilities={"proxy": False},
+        )
+        proxied_done = await runner_stack.wait_finished(proxied)
+        direct_done = await runner_stack.wait_finished(direct)
+    finally:
+        await runner.stop()
+        await proxy_runner.cleanup()
+        await runner_stack.event_store.nc.close()
+
+    assert proxied_done.extracted == {"via": "served by the proxy"}
+    assert "http://shop.botledger-test.invalid/start" in seen_urls
+    assert direct_done.extracted == {"title": "Welcome"}
+    assert not any(site in url for url in seen_urls)
+
+
+async def test_proxy_without_configuration_fails(stack: tuple[RunnerStack, Runner]) -> None:
+    runner_stack, _ = stack
+    execution = await runner_stack.request(
+        [{"action": "goto", "url": "{{bot.targetUrl}}/"}], capabilities={"proxy": True}
+    )
+
+    done = await runner_stack.wait_finished(execution)
+
+    assert done.status == FAILED
+    assert done.failure is not None
+    assert "BOTLEDGER_PROXY_URL" in done.failure["reason"]

@@ -19,7 +19,7 @@ from aiohttp import web
 from events.errors import NotFoundError, ValidationError
 from projections.read_store import decode_cursor, encode_cursor
 from services.gateway.errors import PayloadTooLargeError, UnsupportedMediaTypeError
-from services.runner.program import closest_match
+from services.runner.program import closest_match, json_type
 
 MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_PAGE_LIMIT = 20
@@ -113,20 +113,6 @@ async def read_json_object(request: web.Request, *, allow_empty: bool = False) -
             f"Expected a JSON object as the request body, got {json_type(body)}.",
         )
     return body
-
-
-def json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "an object"
 
 
 def unknown_field_problems(

@@ -84,7 +84,8 @@ def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
     return f" Did you mean '{suggestion}'?" if suggestion is not None else ""
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
+    """Name a JSON value's type for error messages: 'a string', 'a list', 'null'..."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -264,7 +265,7 @@ class _StepValidator:
 
     def validate_list(self, steps: object, path: str, *, nested: bool) -> list[dict[str, Any]]:
         if not isinstance(steps, list):
-            self.problems.add(path, f"Expected a JSON list of steps, got {_json_type(steps)}.")
+            self.problems.add(path, f"Expected a JSON list of steps, got {json_type(steps)}.")
             return []
 
         normalized: list[dict[str, Any]] = []
@@ -278,7 +279,7 @@ class _StepValidator:
     def validate_step(self, step: object, path: str, *, nested: bool) -> dict[str, Any] | None:
         if not isinstance(step, dict):
             self.problems.add(
-                path, f"Expected a step object with an 'action' field, got {_json_type(step)}."
+                path, f"Expected a step object with an 'action' field, got {json_type(step)}."
             )
             return None
 
@@ -322,7 +323,7 @@ class _StepValidator:
             return None
         if not isinstance(action, str):
             self.problems.add(
-                f"{path}.action", f"Expected the action name as a string, got {_json_type(action)}."
+                f"{path}.action", f"Expected the action name as a string, got {json_type(action)}."
             )
             return None
         if action not in ACTION_FIELDS:
@@ -347,7 +348,7 @@ class _StepValidator:
             )
         if field.kind == "boolean":
             if not isinstance(value, bool):
-                self.problems.add(path, f"Expected true or false, got {_json_type(value)}.")
+                self.problems.add(path, f"Expected true or false, got {json_type(value)}.")
                 return None
             return value
         if field.kind == "integer":
@@ -362,7 +363,7 @@ class _StepValidator:
         self, value: object, path: str, *, template: bool, allow_empty: bool = False
     ) -> str | None:
         if not isinstance(value, str):
-            self.problems.add(path, f"Expected a string, got {_json_type(value)}.")
+            self.problems.add(path, f"Expected a string, got {json_type(value)}.")
             return None
         if not value and not allow_empty:
             self.problems.add(path, "Expected a non-empty string.")
@@ -389,7 +390,7 @@ class _StepValidator:
         number = _as_integer(value)
         if number is None:
             self.problems.add(
-                path, f"Expected an integer, got {_json_type(value)} {_json_text(value)}."
+                path, f"Expected an integer, got {json_type(value)} {_json_text(value)}."
             )
             return None
         if not minimum <= number <= maximum:
@@ -405,7 +406,7 @@ class _StepValidator:
         if not isinstance(value, list) or not value or len(value) > MAX_SELECT_VALUES:
             self.problems.add(
                 path,
-                f"Expected a string or a list of 1 to {MAX_SELECT_VALUES} strings, got {_json_type(value)}.",
+                f"Expected a string or a list of 1 to {MAX_SELECT_VALUES} strings, got {json_type(value)}.",
             )
             return None
 
@@ -420,7 +421,7 @@ class _StepValidator:
             self.problems.add(
                 path,
                 f"Expected an object of 1 to {MAX_EXTRACT_FIELDS} fields (name to selector or "
-                f"{{selector, attribute}}), got {_json_type(value)}.",
+                f"{{selector, attribute}}), got {json_type(value)}.",
             )
             return None
 
@@ -653,7 +654,7 @@ def validate_parameter_definitions(defs: object) -> dict[str, dict[str, Any]]:
     if not isinstance(defs, dict):
         problems.add(
             "parameters",
-            f"Expected an object mapping parameter names to definitions, got {_json_type(defs)}.",
+            f"Expected an object mapping parameter names to definitions, got {json_type(defs)}.",
         )
         problems.raise_if_any()
         return {}
@@ -685,7 +686,7 @@ def _validate_parameter_definition(
 ) -> dict[str, Any] | None:
     if not isinstance(definition, dict):
         problems.add(
-            path, f"Expected a definition object with a 'type', got {_json_type(definition)}."
+            path, f"Expected a definition object with a 'type', got {json_type(definition)}."
         )
         return None
     for key in definition:
@@ -709,7 +710,7 @@ def _validate_parameter_definition(
     for key in ("required", "secret"):
         flag = definition.get(key, False)
         if not isinstance(flag, bool):
-            problems.add(f"{path}.{key}", f"Expected true or false, got {_json_type(flag)}.")
+            problems.add(f"{path}.{key}", f"Expected true or false, got {json_type(flag)}.")
         result[key] = flag is True
 
     description = definition.get("description", "")
@@ -745,7 +746,7 @@ def _check_allowed_values(
         return None
     if not isinstance(allowed, list) or not allowed or len(allowed) > MAX_ALLOWED_VALUES:
         problems.add(
-            path, f"Expected a list of 1 to {MAX_ALLOWED_VALUES} values, got {_json_type(allowed)}."
+            path, f"Expected a list of 1 to {MAX_ALLOWED_VALUES} values, got {json_type(allowed)}."
         )
         return None
 
@@ -759,7 +760,7 @@ def _check_allowed_values(
             valid = type_problem(value, type_name) is None
             expected = _TYPE_NAMES[type_name]
         if not valid:
-            problems.add(f"{path}[{index}]", f"Expected {expected}, got {_json_type(value)}.")
+            problems.add(f"{path}[{index}]", f"Expected {expected}, got {json_type(value)}.")
             continue
         normalized.append(_normalize_value(value, type_name))
     return normalized
@@ -822,7 +823,7 @@ def type_problem(value: object, type_name: str) -> str | None:
     if valid:
         return None
 
-    got = _json_type(value)
+    got = json_type(value)
     if type_name == "integer" and _is_number(value):
         got = "a number with a fractional part"
     return f"must be {_TYPE_NAMES[type_name]}, got {got}"
@@ -857,7 +858,7 @@ def check_params(defs: Mapping[str, Mapping[str, Any]], params: object) -> dict[
     if params is None:
         params = {}
     if not isinstance(params, dict):
-        message = f"params must be a JSON object mapping parameter names to values, got {_json_type(params)}."
+        message = f"params must be a JSON object mapping parameter names to values, got {json_type(params)}."
         raise ValidationError(
             message,
             details={"problems": [{"parameter": None, "code": "invalid_type", "message": message}]},
@@ -971,7 +972,7 @@ def validate_capabilities(capabilities: object) -> dict[str, Any]:
     if capabilities is None:
         return {}
     if not isinstance(capabilities, dict):
-        problems.add("capabilities", f"Expected an object, got {_json_type(capabilities)}.")
+        problems.add("capabilities", f"Expected an object, got {json_type(capabilities)}.")
         problems.raise_if_any()
         return {}
 
@@ -994,7 +995,7 @@ def validate_capabilities(capabilities: object) -> dict[str, Any]:
 def _check_capability(key: str, value: object, path: str, problems: _Problems) -> Any:
     if key in ("proxy", "adBlocking"):
         if not isinstance(value, bool):
-            problems.add(path, f"Expected true or false, got {_json_type(value)}.")
+            problems.add(path, f"Expected true or false, got {json_type(value)}.")
             return None
         return value
     if key == "locale":
@@ -1055,7 +1056,7 @@ def _check_bounded_object(
 ) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         problems.add(
-            path, f"Expected an object with {' and '.join(limits)}, got {_json_type(value)}."
+            path, f"Expected an object with {' and '.join(limits)}, got {json_type(value)}."
         )
         return None
 
