@@ -474,7 +474,9 @@ async def _abandon_connection(connection: Connection) -> None:
     """
     try:
         await connection.dispose()
-    except CDP_ERRORS as exc:
+    except (*CDP_ERRORS, asyncio.InvalidStateError) as exc:
+        # pyppeteer's close handler sets results on futures that a timed-out call already
+        # cancelled, which raises InvalidStateError; the connection is closed either way.
         logger.debug("Closing the DevTools connection ended with %r", exc)
 
     for task in asyncio.all_tasks():

@@ -1,7 +1,7 @@
-"""Helpers of the end-to-end tests: run `botledger up` as a subprocess and talk to it over HTTP.
+"""Helpers of the end-to-end tests: run `botledger up` as a subprocess and call it over HTTP.
 
 `StackProcess` starts the real CLI on a data directory, waits with a deadline until its API
-answers and the demo bots exist, and stops it with SIGTERM. The process helpers read /proc so a
+responds and the demo bots exist, and stops it with SIGTERM. The process helpers read /proc so a
 test can check that nats-server, SeaweedFS and Chromium went away with the stack.
 """
 
@@ -32,10 +32,12 @@ TERMINAL_EVENTS = frozenset(
 DEMO_BOT_COUNT = 6
 POLL_INTERVAL_S = 0.05
 LOG_TAIL_CHARS = 4000
+# `botledger up` prints this once the API, the demo site and the demo bots are ready.
+READY_LINE = "Press Ctrl-C to stop."
 
 
 class StackError(AssertionError):
-    """The stack process did not start, answer or stop as a test expects."""
+    """The stack process did not start, respond or stop as a test expects."""
 
 
 # Processes under /proc
@@ -43,17 +45,14 @@ class StackError(AssertionError):
 
 @dataclasses.dataclass(frozen=True)
 class ProcessInfo:
-    """One process as /proc shows it. (pid, start_ticks) survives pid reuse."""
+    """One process as /proc shows it. The pair (pid, start_ticks) tells a reused pid apart."""
 
     pid: int
+    name: str
     parent_pid: int
     start_ticks: int
     state: str
     command_line: str
-
-    @property
-    def key(self) -> tuple[int, int]:
-        return (self.pid, self.start_ticks)
 
 
 def read_process(pid: int) -> ProcessInfo | None:
@@ -67,6 +66,7 @@ def read_process(pid: int) -> ProcessInfo | None:
     fields = stat[stat.rindex(")") + 2 :].split()
     return ProcessInfo(
         pid=pid,
+        name=stat[stat.index("(") + 1 : stat.rindex(")")],
         parent_pid=int(fields[1]),
         state=fields[0],
         start_ticks=int(fields[19]),
@@ -149,7 +149,7 @@ class StackProcess:
     api_url: str = ""
     admin_key: str = ""
     started_monotonic: float = 0.0
-    # Seconds from the process start until GET /health answered 200.
+    # Seconds from the process start until GET /health returned 200.
     health_after_s: float = 0.0
     starts: int = 0
 
@@ -162,16 +162,19 @@ class StackProcess:
     def stderr_path(self) -> Path:
         return self.log_dir / f"start-{self.starts}.stderr"
 
+    @property
+    def stdout_path(self) -> Path:
+        return self.log_dir / f"start-{self.starts}.stdout"
+
     def launch(self) -> None:
-        """Start the CLI; `wait_ready` then waits until it serves the demo bots."""
+        """Start the CLI. `wait_ready` then waits until it serves the demo bots."""
         self.starts += 1
         self.log_dir.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable, "-m", "services.cli", "--data-dir", str(self.data_dir),
             "up", "--demo", "--port", "0",
         ]
-        stdout_path = self.log_dir / f"start-{self.starts}.stdout"
-        with open(stdout_path, "wb") as stdout, open(self.stderr_path, "wb") as stderr:
+        with open(self.stdout_path, "wb") as stdout, open(self.stderr_path, "wb") as stderr:
             self.started_monotonic = time.monotonic()
             self.process = subprocess.Popen(
                 command, cwd=REPO_ROOT, env=child_environment(), stdout=stdout, stderr=stderr,
@@ -184,18 +187,19 @@ class StackProcess:
         code = self.process.poll()
         if code is not None:
             raise StackError(
-                f"botledger up exited with code {code} before it was ready; its stderr "
+                f"botledger up exited with code {code} before it was ready. Its stderr "
                 f"ends with:\n{tail(self.stderr_path)}"
             )
 
     async def wait_ready(self, timeout_s: float) -> None:
-        """Wait for endpoints.json, /health, the admin key and the six demo bots."""
+        """Wait for endpoints.json, /health, the admin key, the demo site and its six bots."""
         deadline = self.started_monotonic + timeout_s
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
             self.api_url = await self._wait_for_endpoints(deadline)
             await self._wait_for_health(session, deadline)
             self.health_after_s = time.monotonic() - self.started_monotonic
             self.admin_key = await self._wait_for_admin_key(deadline)
+            await self._wait_for_output(READY_LINE, deadline)
             await self._wait_for_demo_bots(session, deadline)
         logger.info(
             "Stack pid %d ready: health after %.2f s at %s",
@@ -206,7 +210,7 @@ class StackProcess:
         self.check_alive()
         if time.monotonic() > deadline:
             raise StackError(
-                f"Timed out waiting for {waiting_for} of pid {self.pid}; its stderr ends "
+                f"Timed out waiting for {waiting_for} of pid {self.pid}. Its stderr ends "
                 f"with:\n{tail(self.stderr_path)}"
             )
         await asyncio.sleep(POLL_INTERVAL_S)
@@ -242,23 +246,25 @@ class StackProcess:
                 return key
             await self._poll_pause(deadline, f"{path}")
 
+    async def _wait_for_output(self, line: str, deadline: float) -> None:
+        while line not in tail(self.stdout_path):
+            await self._poll_pause(deadline, f"the output {line!r}")
+
     async def _wait_for_demo_bots(self, session: aiohttp.ClientSession, deadline: float) -> None:
         headers = {"Authorization": f"Bearer {self.admin_key}"}
-        demo_port_file = self.data_dir / "demo-port"
         while True:
-            # The CLI writes demo-port before it creates the bots, so both mean provisioning ran.
             async with session.get(
                 f"{self.api_url}/bots", params={"limit": "100"}, headers=headers
             ) as response:
                 body = await response.json()
-            if response.status == 200 and demo_port_file.exists():
+            if response.status == 200:
                 names = {bot["name"] for bot in body["data"]}
                 if len(names) >= DEMO_BOT_COUNT and "Price watcher (broken)" in names:
                     return
             await self._poll_pause(deadline, "the demo bots")
 
     def stop(self, timeout_s: float) -> StopResult:
-        """Send SIGTERM and wait for the exit; return the exit code and leftover processes."""
+        """Send SIGTERM, wait for the exit and return the exit code and the leftover processes."""
         assert self.process is not None
         before = processes_of(self.pid, str(self.data_dir))
         started = time.monotonic()
@@ -301,7 +307,7 @@ class StackProcess:
 
 @dataclasses.dataclass
 class Reply:
-    """One HTTP answer of the API: status, headers and the parsed JSON body (None if not JSON)."""
+    """One HTTP response of the API: status, headers and the parsed JSON body (None if not JSON)."""
 
     status: int
     headers: dict[str, str]
@@ -368,7 +374,7 @@ class Api:
     async def wait_for_status(
         self, execution_id: str, statuses: frozenset[str], timeout_s: float
     ) -> dict[str, Any]:
-        """Poll GET /executions/:id until its status is one of `statuses`; return the view."""
+        """Poll GET /executions/:id until its status is one of `statuses`, and return the view."""
         deadline = time.monotonic() + timeout_s
         while True:
             reply = await self.get(f"/executions/{execution_id}")
@@ -407,7 +413,7 @@ class ServerSentEvent:
 
 
 async def server_sent_events(response: aiohttp.ClientResponse) -> AsyncIterator[ServerSentEvent]:
-    """Parse a text/event-stream body into events; comment lines are skipped."""
+    """Parse a text/event-stream body into events, skipping comment lines."""
     fields: dict[str, list[str]] = {}
     async for raw_line in response.content:
         line = raw_line.decode().rstrip("\r\n")

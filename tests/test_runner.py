@@ -156,7 +156,8 @@ async def test_cancel_running_execution(stack: tuple[RunnerStack, Runner]) -> No
 
     assert done.status == CANCELLED
     assert time.monotonic() - started < 10
-    assert done.steps[1].get("status") != COMPLETED
+    assert done.steps[1]["status"] == FAILED
+    assert done.steps[1]["error"] == "The execution ended before this step finished."
 
 
 async def test_secret_never_stored_in_clear(stack: tuple[RunnerStack, Runner]) -> None:

@@ -21,9 +21,14 @@ async def provision_demo_bots(api_url: str, api_key: str, site_url: str) -> list
         bots = []
         for example in example_bots(site_url):
             name = example["bot"]["name"]
-            if name in existing:
-                bots.append(existing[name])
+            current = existing.get(name)
+            if current is not None and current["targetUrl"] == example["bot"]["targetUrl"]:
+                bots.append(current)
                 continue
+            if current is not None:
+                # The demo site moved to another port, and a bot's target URL cannot change.
+                await _call(session, "DELETE", f"{api_url}/bots/{current['id']}", None)
+                logger.info("Replacing demo bot %s (%s): the site moved", current["id"], name)
             bot = await _call(session, "POST", f"{api_url}/bots", example["bot"])
             await _call(session, "PUT", f"{api_url}/bots/{bot['id']}/manifest", example["manifest"])
             logger.info("Created demo bot %s (%s)", bot["id"], name)
@@ -47,9 +52,11 @@ async def _all_bots(session: aiohttp.ClientSession, api_url: str) -> list[dict[s
 
 
 async def _call(
-    session: aiohttp.ClientSession, method: str, url: str, body: dict[str, Any]
+    session: aiohttp.ClientSession, method: str, url: str, body: dict[str, Any] | None
 ) -> dict[str, Any]:
     async with session.request(method, url, json=body) as response:
+        if response.status == 204:
+            return {}
         payload = await response.json()
         if response.status >= 300:
             raise BotledgerError(

@@ -54,6 +54,7 @@ class ExecutionRecorder:
         self._log_count = 0
         self._dropped_logs = 0
         self._artifact_count = 0
+        self._step_started_at: dict[int, float] = {}
 
     @property
     def execution_id(self) -> str:
@@ -104,6 +105,26 @@ class ExecutionRecorder:
     async def step_started(self, index: int, step: dict[str, Any]) -> None:
         action, label = step["action"], step.get("label")
         await self.commit(lambda e: e.start_step(index, action, label))
+        self._step_started_at[index] = time.monotonic()
+
+    def close_open_steps(self) -> list[Command]:
+        """Commands that fail every step still running, for an execution that ends early.
+
+        A cancelled or timed-out program stops inside a step without reporting it, and the
+        step's view would otherwise stay running forever.
+        """
+        commands: list[Command] = []
+        for index, step in self.execution.steps.items():
+            if step.get("status") != "running":
+                continue
+            started = self._step_started_at.get(index, time.monotonic())
+            duration_ms = int((time.monotonic() - started) * 1000)
+            commands.append(
+                lambda e, i=index, d=duration_ms: e.fail_step(
+                    i, "The execution ended before this step finished.", d
+                )
+            )
+        return commands
 
     async def step_completed(self, index: int, data: object, duration_ms: int) -> None:
         masked = mask_value(data, self.secrets)

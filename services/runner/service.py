@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 CONSUMER_NAME = "runners"
 FETCH_TIMEOUT_S = 1.0
-EVIDENCE_TIMEOUT_S = 10.0
+EVIDENCE_TIMEOUT_S = 5.0
 HEARTBEAT_INTERVAL_S = 1.0
 
 
@@ -294,7 +294,7 @@ class Runner:
             if "context" in holder:
                 await self.browser.close_context(holder["context"])
         recorder.note_dropped_logs()
-        await recorder.commit(outcome)
+        await recorder.commit(*recorder.close_open_steps(), outcome)
 
     async def _execute(
         self,
@@ -398,7 +398,12 @@ class Runner:
         try:
             png = await asyncio.wait_for(page.screenshot({"type": "png"}), EVIDENCE_TIMEOUT_S)
             screenshot_key = await recorder.save_artifact("failure.png", png, "image/png")
-        except (asyncio.TimeoutError, PyppeteerError, BotledgerError, OSError) as error:
+        except asyncio.TimeoutError:
+            # A page too busy to paint is too busy to serialize its DOM: skip both.
+            logger.warning("Page of execution %s did not answer; no evidence", recorder.execution_id)
+            recorder.log("system", "warning", "The page did not respond; no screenshot was taken.")
+            return None, None
+        except (PyppeteerError, BotledgerError, OSError) as error:
             logger.warning(
                 "Failure screenshot of execution %s not captured: %r", recorder.execution_id, error
             )
