@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -358,7 +358,7 @@ class EventStore:
             raise EventStoreError(f"Cannot read stream {self.stream}: {info['error']}.")
         return int(info["state"]["last_seq"])
 
-    async def _read_raw(self, from_sequence: int, filter_subject: str) -> AsyncIterator[Msg]:
+    async def _read_raw(self, from_sequence: int, filter_subject: str) -> AsyncGenerator[Msg, None]:
         """Page through stored messages with batched Direct Get requests."""
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)

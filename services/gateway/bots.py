@@ -18,7 +18,6 @@ from services.gateway.context import CONTEXT, PRINCIPAL, GatewayContext, Princip
 from services.gateway.http import (
     created_response,
     json_response,
-    json_type,
     list_response,
     page_of,
     parse_page,
@@ -32,7 +31,7 @@ from services.gateway.http import (
 from services.gateway.manifest import prepare_manifest_update, url_problems
 from services.gateway.openapi import Answer, Operation
 from services.gateway.writes import update_aggregate, wait_for_projection
-from services.runner.program import validate_steps
+from services.runner.program import json_type, validate_steps
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ from services.gateway.context import CONTEXT, PERMISSION_LEVELS, PRINCIPAL, Prin
 from services.gateway.http import (
     created_response,
     json_response,
-    json_type,
     list_response,
     page_of,
     parse_page,
@@ -35,6 +34,7 @@ from services.gateway.http import (
 )
 from services.gateway.openapi import Answer, Operation
 from services.gateway.writes import update_aggregate, wait_for_projection
+from services.runner.program import json_type
 
 logger = logging.getLogger(__name__)
 

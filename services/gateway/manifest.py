@@ -17,8 +17,9 @@ from typing import Any
 from events.bot import Bot
 from events.errors import ValidationError
 from infra.secrets import SecretBox
-from services.gateway.http import json_type, problems_of, raise_problems, unknown_field_problems
+from services.gateway.http import problems_of, raise_problems, unknown_field_problems
 from services.runner.program import (
+    json_type,
     url_scheme_problem,
     validate_capabilities,
     validate_parameter_definitions,

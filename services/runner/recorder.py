@@ -8,6 +8,7 @@ reloads the aggregate, notes the cancel request and applies its own command agai
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -119,11 +120,7 @@ class ExecutionRecorder:
                 continue
             started = self._step_started_at.get(index, time.monotonic())
             duration_ms = int((time.monotonic() - started) * 1000)
-            commands.append(
-                lambda e, i=index, d=duration_ms: e.fail_step(
-                    i, "The execution ended before this step finished.", d
-                )
-            )
+            commands.append(functools.partial(_fail_interrupted_step, index, duration_ms))
         return commands
 
     async def step_completed(self, index: int, data: object, duration_ms: int) -> None:
@@ -163,3 +160,7 @@ class ExecutionRecorder:
         await self.artifact_saver(key, data, content_type)
         return key
 
+
+
+def _fail_interrupted_step(index: int, duration_ms: int, execution: Execution) -> None:
+    execution.fail_step(index, "The execution ended before this step finished.", duration_ms)
