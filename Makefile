@@ -5,7 +5,7 @@ install:
 	@bash infra/install.sh
 
 demo: install
-	.venv/bin/botledger up --demo --data-dir .botledger
+	.venv/bin/botledger --data-dir .botledger up --demo
 
 test: install
 	.venv/bin/python -m pytest -q

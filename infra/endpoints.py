@@ -63,7 +63,7 @@ def read_endpoints(data_dir: Path) -> Endpoints:
     except FileNotFoundError:
         raise SettingsError(
             f"No running stack found: {path} does not exist. Start one with "
-            f"`botledger up --data-dir {data_dir}`, or pass the --data-dir it uses."
+            f"`botledger --data-dir {data_dir} up`, or pass the --data-dir it uses."
         ) from None
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise SettingsError(f"Unreadable endpoints file {path}: {error!r}.") from error

@@ -61,6 +61,9 @@ class Settings:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        # Child processes (SeaweedFS) run in their own working directories, so a relative
+        # data directory would point somewhere else for them.
+        object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().absolute())
         self.validate()
 
     def validate(self) -> None:

@@ -21,30 +21,39 @@ DEMO_PORT_FILE = "demo-port"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="botledger",
-        description="Self-hosted, event-sourced service that runs browser bots.",
-    )
-    parser.add_argument(
-        "--data-dir", type=Path, default=None,
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir", type=Path, default=argparse.SUPPRESS,
         help="directory of the stack's data and endpoints.json (default: BOTLEDGER_DATA_DIR "
         "or ~/.local/share/botledger)",
     )
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
+    common.add_argument(
+        "--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING or ERROR"
+    )
+    # The common options are accepted before and after the command name.
+    parser = argparse.ArgumentParser(
+        prog="botledger",
+        description="Self-hosted, event-sourced service that runs browser bots.",
+        parents=[common],
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = commands.add_parser("up", help="run the whole stack in this process tree")
+    up = commands.add_parser(
+        "up", parents=[common], help="run the whole stack in this process tree"
+    )
     up.add_argument("--port", type=int, default=None, help="HTTP port of the API (default 8080)")
     up.add_argument("--demo", action="store_true", help="also serve the demo site and bots")
 
-    keys = commands.add_parser("keys", help="manage API keys")
+    keys = commands.add_parser("keys", parents=[common], help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    create = key_commands.add_parser("create", help="create a key and print it on stdout")
+    create = key_commands.add_parser(
+        "create", parents=[common], help="create a key and print it on stdout"
+    )
     create.add_argument("--org", required=True, help="organization id, e.g. acme")
     create.add_argument("--permission", required=True, choices=["read", "write", "admin"])
     create.add_argument("--name", required=True, help="a name to recognize the key by")
 
-    run = commands.add_parser("run", help="trigger a bot through the API")
+    run = commands.add_parser("run", parents=[common], help="trigger a bot through the API")
     run.add_argument("bot_id", metavar="BOT_ID")
     run.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE",
@@ -53,25 +62,37 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wait", action="store_true", help="follow progress until it ends")
     run.add_argument("--api-key", default=None, help="API key (default: the stack's admin key)")
 
-    events = commands.add_parser("events", help="follow the event stream")
+    events = commands.add_parser("events", parents=[common], help="follow the event stream")
     event_commands = events.add_subparsers(dest="events_command", required=True, metavar="ACTION")
-    tail = event_commands.add_parser("tail", help="print execution events as they happen")
+    tail = event_commands.add_parser(
+        "tail", parents=[common], help="print execution events as they happen"
+    )
     tail.add_argument("--org", default=None, help="organization id (default: all)")
     tail.add_argument("--bot", default=None, help="only events of this bot id")
     tail.add_argument("--type", default=None, help="only this event name, e.g. ExecutionFailed")
 
-    history = commands.add_parser("history", help="print an execution's timeline")
+    history = commands.add_parser(
+        "history", parents=[common], help="print an execution's timeline"
+    )
     history.add_argument("execution_id", metavar="EXECUTION_ID")
-    export = commands.add_parser("export", help="print an execution's events as JSON")
+    export = commands.add_parser(
+        "export", parents=[common], help="print an execution's events as JSON"
+    )
     export.add_argument("execution_id", metavar="EXECUTION_ID")
-    commands.add_parser("replay", help="rebuild every view from the log and swap it in")
-    commands.add_parser("verify", help="rebuild views aside and compare them with the live ones")
+    commands.add_parser(
+        "replay", parents=[common], help="rebuild every view from the log and swap it in"
+    )
+    commands.add_parser(
+        "verify", parents=[common], help="rebuild views aside and compare them with the live ones"
+    )
     return parser
 
 
 def settings_from(arguments: argparse.Namespace, **overrides: Any) -> Settings:
     return Settings.from_env(
-        data_dir=arguments.data_dir, log_level=arguments.log_level, **overrides
+        data_dir=getattr(arguments, "data_dir", None),
+        log_level=getattr(arguments, "log_level", None),
+        **overrides,
     )
 
 
@@ -88,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of our output (head, a closed pager) went away: not an error of ours.
+        sys.stderr.close()
+        return 0
 
 
 async def dispatch(arguments: argparse.Namespace, settings: Settings, out: TextIO) -> int:

@@ -248,6 +248,13 @@ async def events_tail(
     out: TextIO,
 ) -> None:
     """Print every new event that matches, one line each, until cancelled (Ctrl-C)."""
+    if bot_id is not None:
+        try:
+            uuid.UUID(bot_id)
+        except ValueError:
+            raise ValidationError(
+                f"Invalid bot id {bot_id!r}: bot ids are UUIDs, as GET /api/v1/bots lists them."
+            ) from None
     async with open_event_store(settings, "botledger-events-tail") as store:
         filters = tail_filters(store.scheme, org, bot_id, event_type)
         live = await LiveEvents.open(store.nc, store, filters, None)

@@ -23,8 +23,13 @@ FINISHED_STATUSES = frozenset({"completed", "failed", "timed_out", "cancelled"})
 VIEW_WAIT_S = 10.0
 
 
-def parse_params(pairs: list[str]) -> dict[str, Any]:
-    """Turn NAME=VALUE pairs into params; a VALUE that parses as JSON keeps its JSON type."""
+def parse_params(pairs: list[str], types: dict[str, str] | None = None) -> dict[str, Any]:
+    """Turn NAME=VALUE pairs into params.
+
+    A parameter the manifest declares as a string keeps the text as typed (``zip=01234``);
+    any other VALUE is read as JSON when it parses (2, true, [1]) and as text otherwise.
+    """
+    types = types or {}
     params: dict[str, Any] = {}
     for pair in pairs:
         name, separator, raw = pair.partition("=")
@@ -32,11 +37,13 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
             raise ValidationError(
                 f"Invalid --param {pair!r}: write it as NAME=VALUE, e.g. --param searchQuery=lamp."
             )
+        if types.get(name) == "string":
+            params[name] = raw
+            continue
         try:
             value = json.loads(raw)
         except ValueError:
             value = raw
-        # Text that happens to parse as a JSON string stays the raw text the user typed.
         params[name] = raw if isinstance(value, str) else value
     return params
 
@@ -63,10 +70,15 @@ async def run_bot(
     out: TextIO,
 ) -> int:
     api_url = read_endpoints(settings.data_dir).api_url
-    params = parse_params(param_pairs)
     headers = {"Authorization": f"Bearer {api_key_for(settings, api_key)}"}
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
+        manifest = await _request(session, "GET", f"{api_url}/bots/{bot_id}/manifest")
+        types = {
+            name: str(definition.get("type"))
+            for name, definition in (manifest.get("parameters") or {}).items()
+        }
+        params = parse_params(param_pairs, types)
         execution = await _request(
             session, "POST", f"{api_url}/bots/{bot_id}/executions", {"params": params}
         )
@@ -75,8 +87,9 @@ async def run_bot(
         if not wait:
             return 0
 
+        actions: dict[Any, str] = {}
         async for event in _events(session, f"{api_url}/executions/{execution_id}/events"):
-            _print_progress(event, out)
+            _print_progress(event, actions, out)
             if event.get("type") in TERMINAL_EVENTS:
                 break
         return await _print_outcome(session, api_url, execution_id, out)
@@ -89,8 +102,16 @@ async def _request(
         payload = await response.json(content_type=None)
         if response.status >= 400:
             problems = (payload.get("details") or {}).get("problems") or []
-            lines = [payload.get("error", f"HTTP {response.status}")]
-            lines += [f"  - {p.get('message')}" for p in problems[1:] if p.get("message")]
+            if len(problems) > 1:
+                lines = [f"The request has {len(problems)} problems:"]
+                lines += [f"  - {p.get('message')}" for p in problems if p.get("message")]
+            else:
+                lines = [payload.get("error", f"HTTP {response.status}")]
+            if response.status == 401:
+                lines.append(
+                    "Pass another key with --api-key or BOTLEDGER_API_KEY; without them the "
+                    f"key comes from the {ADMIN_KEY_FILE} file of the data directory."
+                )
             raise BotledgerError("\n".join(lines))
         data: dict[str, Any] = payload["data"]
         return data
@@ -112,14 +133,20 @@ async def _events(session: aiohttp.ClientSession, url: str) -> AsyncIterator[dic
                 data_lines = []
 
 
-def _print_progress(event: dict[str, Any], out: TextIO) -> None:
+def _print_progress(event: dict[str, Any], actions: dict[Any, str], out: TextIO) -> None:
     payload = event.get("payload") or {}
     kind = event.get("type")
-    if kind == "StepCompleted":
+    index = payload.get("index")
+    if kind == "StepStarted":
+        label = payload.get("label")
+        actions[index] = f"{payload.get('action')}" + (f" '{label}'" if label else "")
+    elif kind == "StepCompleted":
         duration = payload.get("durationMs", payload.get("duration_ms"))
-        print(f"  step {payload.get('index')} completed in {duration} ms", file=out, flush=True)
+        print(f"  step {index} ({actions.get(index, '?')}) completed in {duration} ms",
+              file=out, flush=True)
     elif kind == "StepFailed":
-        print(f"  step {payload.get('index')} failed: {payload.get('error')}", file=out, flush=True)
+        print(f"  step {index} ({actions.get(index, '?')}) failed: {payload.get('error')}",
+              file=out, flush=True)
     elif kind == "ExecutionStarted":
         print("  started", file=out, flush=True)
 

@@ -10,21 +10,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from aiohttp import web
 
+from events.errors import SettingsError
 from events.store import EventStore
 from events.subjects import SubjectScheme
 from infra.chromium import BrowserSupervisor
 from infra.endpoints import ADMIN_KEY_FILE, Endpoints, remove_endpoints, write_endpoints
 from infra.nats import NatsServerSupervisor, ensure_stream, nats_connection
 from infra.object_store import ArtifactStore, SeaweedFSSupervisor
-from infra.processes import become_subreaper
+from infra.processes import become_subreaper, is_port_free
 from infra.secrets import SecretBox
 from infra.settings import Settings
 from projections.projector import Projector
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ORG = "default"
 SHUTDOWN_TIMEOUT_S = 3.0
+LOCK_FILE = "stack.lock"
 
 
 @dataclasses.dataclass
@@ -85,6 +88,8 @@ async def open_stack(settings: Settings, with_runner: bool = True) -> AsyncItera
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     become_subreaper()
     async with contextlib.AsyncExitStack() as exits:
+        exits.enter_context(data_dir_lock(settings.data_dir))
+        check_http_port(settings)
         nats_url, s3_endpoint = await exits.enter_async_context(embedded_servers(settings))
         nc = await exits.enter_async_context(nats_connection(nats_url, "botledger"))
         await ensure_stream(nc, settings)
@@ -129,6 +134,35 @@ async def open_stack(settings: Settings, with_runner: bool = True) -> AsyncItera
         logger.info("Stack ready in %.2f s: API %s, NATS %s", stack.ready_s, api_url, nats_url)
         yield stack
         logger.info("Stopping the stack")
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the data directory: two stacks on one would corrupt it."""
+    lock_path = data_dir / LOCK_FILE
+    with open(lock_path, "a+") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.seek(0)
+            owner = lock_file.read().strip() or "unknown"
+            raise SettingsError(
+                f"Another botledger stack (pid {owner}) is running on {data_dir}: stop it "
+                "first, or pass another --data-dir."
+            ) from None
+        lock_file.truncate(0)
+        lock_file.write(str(os.getpid()))
+        lock_file.flush()
+        yield
+
+
+def check_http_port(settings: Settings) -> None:
+    """Fail before starting any server when the API port is taken."""
+    if settings.http_port and not is_port_free(settings.http_port, settings.http_host):
+        raise SettingsError(
+            f"Port {settings.http_port} on {settings.http_host} is already in use: pass "
+            "--port N (or set BOTLEDGER_HTTP_PORT), or --port 0 for a free one."
+        )
 
 
 async def _serve(exits: contextlib.AsyncExitStack, app: web.Application, settings: Settings) -> str:

@@ -51,6 +51,12 @@ TINY_PNG = (
     + png_chunk(b"IEND", b"")
 )
 
+PLAIN_STEPS = [
+    {"action": "goto", "url": "{{bot.targetUrl}}"},
+    {"action": "type", "selector": "#q", "text": "shoes"},
+    {"action": "extract", "name": "products", "selector": ".product", "multiple": True,
+     "fields": {"name": ".name"}},
+]
 STEPS = [
     {"action": "goto", "url": "{{bot.targetUrl}}"},
     {"action": "type", "selector": "#q", "text": "{{params.searchQuery}}"},
@@ -112,7 +118,9 @@ class Gateway:
         return body
 
     async def create_bot(self, **fields: Any) -> dict[str, Any]:
-        body = {"name": "Shop search", "targetUrl": "http://127.0.0.1:9/shop", "steps": STEPS}
+        # Only an action bot defines the searchQuery parameter that STEPS use.
+        steps = STEPS if fields.get("kind") == "action" else PLAIN_STEPS
+        body = {"name": "Shop search", "targetUrl": "http://127.0.0.1:9/shop", "steps": steps}
         body.update(fields)
         created = await self.ok("POST", "/api/v1/bots", status=201, json=body)
         data: dict[str, Any] = created["data"]

@@ -135,7 +135,7 @@ async def test_keys_create_without_stack(tmp_path: Path) -> None:
 
     assert code == 1
     assert "No running stack found" in stderr
-    assert "botledger up --data-dir" in stderr
+    assert f"botledger --data-dir {tmp_path} up" in stderr
 
 
 async def test_run_wait_prints_steps_and_data(stack: Stack, bot_id: str) -> None:
@@ -144,8 +144,8 @@ async def test_run_wait_prints_steps_and_data(stack: Stack, bot_id: str) -> None
     )
 
     assert code == 0, stderr
-    assert "step 0 completed" in stdout
-    assert "step 2 completed" in stdout
+    assert "step 0 (goto) completed" in stdout
+    assert "step 2 (extract) completed" in stdout
     data = json.loads(stdout[stdout.index("{"):])
     assert data["data"] == {"title": "Hello CLI", "numbers": ["1", "2"]}
 
@@ -158,6 +158,15 @@ async def test_run_misspelt_param_suggests_name(stack: Stack, bot_id: str) -> No
     assert code == 1
     assert stdout == ""
     assert "Unknown parameter 'serchQuery'. Did you mean 'searchQuery'?" in stderr
+
+
+async def test_run_keeps_string_param_text(stack: Stack, bot_id: str) -> None:
+    code, stdout, stderr = await botledger(
+        stack.settings.data_dir, "run", bot_id, "--param", "searchQuery=5", "--wait"
+    )
+
+    assert code == 0, stderr
+    assert "completed" in stdout
 
 
 async def test_run_rejects_malformed_param(stack: Stack, bot_id: str) -> None:

@@ -259,3 +259,16 @@ async def test_create_api_key_rejects_bad_input(gateway: Gateway) -> None:
         await create_api_key(gateway.context.event_store, ORG, "superuser", "x")
     with pytest.raises(ValidationError):
         await create_api_key(gateway.context.event_store, ORG, "read", "")
+
+
+async def test_key_cannot_revoke_itself(gateway: Gateway) -> None:
+    own_id = gateway.key_ids["admin"]
+
+    response = await gateway.call("DELETE", f"/api/v1/keys/{own_id}")
+    body = await response.json()
+    still_works = await gateway.call("GET", "/api/v1/keys")
+
+    assert response.status == 409
+    assert_error(body, "conflict")
+    assert "is the key of this request" in body["error"]
+    assert still_works.status == 200

@@ -9,7 +9,8 @@ from __future__ import annotations
 import uuid
 
 import orjson
-from gateway_fixtures import (  # noqa: F401
+from gateway_fixtures import (
+    STEPS,  # noqa: F401
     TINY_PNG,
     Gateway,
     StandInArtifactStore,
@@ -506,3 +507,19 @@ async def test_writes_when_projection_lags(gateway: Gateway) -> None:
     assert isinstance(key["data"]["createdAt"], int)
     assert manifest["data"]["capabilities"] == {"timeout": 5}
     assert manifest["data"]["parameters"]["password"]["secret"] is True
+
+
+async def test_trigger_rejects_undefined_step_parameter(gateway: Gateway) -> None:
+    bot = await gateway.create_bot(steps=STEPS)
+    before = await gateway.context.event_store.last_sequence()
+
+    response = await gateway.call("POST", f"/api/v1/bots/{bot['id']}/executions", json={})
+    body = await response.json()
+
+    assert response.status == 400
+    assert body["error"] == (
+        "The steps use parameter 'searchQuery', which the manifest does not define: add it "
+        "to manifest.parameters or change the steps."
+    )
+    assert body["details"]["problems"][0]["parameter"] == "searchQuery"
+    assert await gateway.context.event_store.last_sequence() == before

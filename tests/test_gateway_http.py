@@ -294,3 +294,30 @@ async def test_docs_page_is_self_contained(gateway: Gateway) -> None:
     assert "<script" not in page
     assert not re.search(r"(src|href)=['\"]https?://", page)
     assert "Unknown parameter" not in page
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/api/v1/bots?limt=5", "Unknown query parameter 'limt'. Did you mean 'limit'?"),
+        ("/api/v1/bots?limit=2&limit=3", "Query parameter 'limit' is given more than once"),
+        ("/api/v1/keys?cursr=x", "Unknown query parameter 'cursr'. Did you mean 'cursor'?"),
+    ],
+)
+async def test_unknown_query_parameter_is_400(gateway: Gateway, path: str, message: str) -> None:
+    response = await gateway.call("GET", path)
+    body = await response.json()
+
+    assert response.status == 400
+    assert_error(body, "invalid_request")
+    assert message in body["error"]
+
+
+async def test_route_without_query_rejects_any(gateway: Gateway) -> None:
+    bot = await gateway.create_bot()
+
+    response = await gateway.call("GET", f"/api/v1/bots/{bot['id']}/scripts?limit=3")
+    body = await response.json()
+
+    assert response.status == 400
+    assert body["error"] == "query.limit: Unknown query parameter 'limit'. This route takes none."

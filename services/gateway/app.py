@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import types
 from collections.abc import Mapping, Sequence
@@ -14,9 +15,9 @@ from services.gateway import bots, executions, keys
 from services.gateway.auth import auth_middleware, guarded
 from services.gateway.context import CONTEXT, GatewayContext
 from services.gateway.docs import render_docs_html
-from services.gateway.errors import error_middleware
-from services.gateway.http import MAX_BODY_BYTES, json_response
-from services.gateway.openapi import Answer, Operation, build_openapi
+from services.gateway.errors import Handler, error_middleware
+from services.gateway.http import MAX_BODY_BYTES, check_query_names, json_response
+from services.gateway.openapi import PARAMETERS, Answer, Operation, build_openapi
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,20 @@ def gateway_operations() -> list[Operation]:
     ]
 
 
+def with_query_check(handler: Handler, operation: Operation) -> Handler:
+    """Wrap a handler so that a query parameter the operation does not take is a 400."""
+    allowed = tuple(
+        name for name in operation.parameters if PARAMETERS.get(name, {}).get("in") == "query"
+    )
+
+    @functools.wraps(handler)
+    async def check_then_handle(request: web.Request) -> web.StreamResponse:
+        check_query_names(request, allowed)
+        return await handler(request)
+
+    return check_then_handle
+
+
 def build_gateway_app(
     context: GatewayContext,
     extra_routes: Sequence[web.AbstractRouteDef] = (),
@@ -101,7 +116,7 @@ def build_gateway_app(
         app.router.add_route(
             operation.method,
             operation.full_path,
-            guarded(operation.handler, operation.permission),
+            with_query_check(guarded(operation.handler, operation.permission), operation),
             name=operation.operation_id,
         )
     app.router.add_routes(extra_routes)

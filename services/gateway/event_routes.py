@@ -35,7 +35,7 @@ from events.store import EventStore, RecordedEvent
 from projections.handlers import public_webhook
 from services.gateway.auth import require
 from services.gateway.context import CONTEXT, GatewayContext
-from services.gateway.http import json_response, path_uuid
+from services.gateway.http import check_query_names, json_response, path_uuid
 from services.runner.program import closest_match
 
 logger = logging.getLogger(__name__)
@@ -325,6 +325,7 @@ def ending_stream(description: str) -> Iterator[None]:
 async def execution_events(request: web.Request) -> web.StreamResponse:
     """Stream an execution's events: the history, then live events until the terminal one."""
     principal = require(request, "read")
+    check_query_names(request, ("lastEventId",))
     context = request.app[CONTEXT]
     execution_id = path_uuid(request, "executionId", "execution")
     filter_subject = execution_filter(context, principal.org_id, execution_id)
@@ -360,6 +361,7 @@ async def execution_events(request: web.Request) -> web.StreamResponse:
 async def organization_events(request: web.Request) -> web.StreamResponse:
     """Stream the execution events of the caller's organization, optionally filtered."""
     principal = require(request, "read")
+    check_query_names(request, ("botId", "type", "lastEventId"))
     context = request.app[CONTEXT]
     bot_id = request.query.get("botId") or None
     event_type = request.query.get("type") or None
@@ -401,6 +403,7 @@ async def organization_events(request: web.Request) -> web.StreamResponse:
 async def execution_history(request: web.Request) -> web.Response:
     """Return every event of an execution, oldest first: the audit view."""
     principal = require(request, "read")
+    check_query_names(request, ())
     context = request.app[CONTEXT]
     execution_id = path_uuid(request, "executionId", "execution")
     filter_subject = execution_filter(context, principal.org_id, execution_id)

@@ -46,7 +46,7 @@ from services.gateway.http import (
 )
 from services.gateway.openapi import Answer, Operation
 from services.gateway.writes import update_aggregate, wait_for_projection
-from services.runner.program import check_params
+from services.runner.program import check_params, referenced_params
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +205,34 @@ def idempotency_key(request: web.Request) -> str | None:
     return key
 
 
+def check_referenced_params(
+    steps: list[dict[str, Any]], definitions: dict[str, Any], params: dict[str, Any]
+) -> None:
+    """Reject a trigger whose steps use a parameter that would have no value at run time.
+
+    Without this check the execution would start and fail at the step, after the fact.
+    """
+    problems = []
+    for name in sorted(referenced_params(steps) - set(params)):
+        if name in definitions:
+            message = (
+                f"The steps use parameter '{name}', which has no value: pass it in params or "
+                "give it a default in the manifest."
+            )
+        else:
+            message = (
+                f"The steps use parameter '{name}', which the manifest does not define: add it "
+                "to manifest.parameters or change the steps."
+            )
+        problems.append({"parameter": name, "code": "missing_parameter", "message": message})
+    if problems:
+        summary = problems[0]["message"] if len(problems) == 1 else (
+            f"The steps use {len(problems)} parameters without a value, all listed in "
+            f"details.problems. The first: {problems[0]['message']}"
+        )
+        raise ValidationError(summary, {"problems": problems})
+
+
 def split_secrets(
     definitions: dict[str, Any], params: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -249,6 +277,7 @@ async def trigger_execution(request: web.Request) -> web.StreamResponse:
             {"botId": bot_id},
         )
     params = check_params(bot.parameters, body.get("params"))
+    check_referenced_params(bot.steps, bot.parameters, params)
     masked, secrets = split_secrets(bot.parameters, params)
 
     if key is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -135,7 +135,8 @@ def raise_problems(subject: str, problems: list[dict[str, str]]) -> None:
     """Raise one ValidationError listing every problem, or return when there are none."""
     if not problems:
         return
-    first = f"{problems[0]['path']}: {problems[0]['message']}"
+    path = problems[0]["path"]
+    first = f"{path}: {problems[0]['message']}" if path else problems[0]["message"]
     if len(problems) == 1:
         message = first
     else:
@@ -209,3 +210,22 @@ def page_of(rows: Sequence[sqlite3.Row], page: Page) -> tuple[Sequence[sqlite3.R
         return rows, None
     shown = rows[: page.limit]
     return shown, encode_cursor(int(shown[-1]["seq"]))
+
+
+def check_query_names(request: web.Request, allowed: Collection[str]) -> None:
+    """Reject query parameters the route does not take, and repeated ones, all at once.
+
+    Ignoring a misspelt ``limt`` or ``tpye`` would silently return something else than asked.
+    """
+    problems = []
+    for name in sorted(set(request.query)):
+        if name not in allowed:
+            suggestion = closest_match(name, allowed)
+            hint = f" Did you mean '{suggestion}'?" if suggestion else " This route takes none."
+            problems.append({"path": f"query.{name}",
+                             "message": f"Unknown query parameter '{name}'.{hint}"})
+        elif len(request.query.getall(name)) > 1:
+            problems.append({"path": f"query.{name}",
+                             "message": f"Query parameter '{name}' is given more than once; "
+                             "give it once."})
+    raise_problems("query string", problems)

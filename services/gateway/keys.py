@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from events.bot import ApiKey
-from events.errors import NotFoundError
+from events.errors import ConflictError, NotFoundError
 from events.store import AppendResult, EventStore
 from events.subjects import check_org_id
 from services.gateway.context import CONTEXT, PERMISSION_LEVELS, PRINCIPAL, Principal
@@ -161,10 +161,23 @@ async def get_key(request: web.Request) -> web.StreamResponse:
     return json_response(key_view(row))
 
 
+def check_not_own_key(principal: Principal, key_id: str) -> None:
+    """Reject revoking the key of the request itself, which would lock its user out at once.
+
+    Only admin keys revoke keys, so another admin key always remains to revoke this one.
+    """
+    if key_id == principal.key_id:
+        raise ConflictError(
+            f"API key {key_id} is the key of this request: revoke it with another admin key.",
+            {"keyId": key_id},
+        )
+
+
 async def revoke_key(request: web.Request) -> web.StreamResponse:
     context = request.app[CONTEXT]
     principal = _principal(request)
     key_id = path_uuid(request, "keyId", "API key")
+    check_not_own_key(principal, str(key_id))
 
     _, result = await update_aggregate(
         context, ApiKey, key_id, principal.org_id, lambda api_key: api_key.revoke()
