@@ -435,7 +435,7 @@ async def get_extract(request: web.Request) -> web.StreamResponse:
         reason = (
             "it completed without extracting data"
             if row["status"] == "completed"
-            else f"it is {row['status']}, not completed"
+            else f"its status is {row['status']}, not completed"
         )
         raise NotFoundError(
             f"Execution {row['id']} has no extracted data: {reason}.",
@@ -449,7 +449,7 @@ async def get_failure(request: web.Request) -> web.StreamResponse:
     row = execution_row(context, request)
     if row["status"] not in FAILURE_STATUSES:
         raise NotFoundError(
-            f"Execution {row['id']} has no failure: it is {row['status']}.",
+            f"Execution {row['id']} has no failure: its status is {row['status']}.",
             {"executionId": row["id"], "status": row["status"]},
         )
     base = f"/executions/{row['id']}/artifacts"

@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from events.bot import ApiKey
@@ -69,7 +70,10 @@ def check_key_fields(name: object, permission: object) -> list[dict[str, str]]:
     if permission not in PERMISSION_LEVELS:
         problems.append({
             "path": "permission",
-            "message": f"Expected one of {', '.join(PERMISSION_LEVELS)}, got {permission!r}.",
+            "message": (
+                f"Expected one of {', '.join(PERMISSION_LEVELS)}, got "
+                f"{orjson.dumps(permission).decode() if permission is not None else 'null'}."
+            ),
         })
     return problems
 
