@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from events.errors import SettingsError
+from events.errors import BotledgerError, SettingsError
 from events.store import EventStore
 from events.subjects import SubjectScheme
 from infra.chromium import BrowserSupervisor
@@ -90,6 +90,12 @@ async def open_stack(settings: Settings, with_runner: bool = True) -> AsyncItera
     async with contextlib.AsyncExitStack() as exits:
         exits.enter_context(data_dir_lock(settings.data_dir))
         check_http_port(settings)
+
+        # Chromium needs no server, so it launches while the servers start.
+        browser = BrowserSupervisor(settings.chromium_path)
+        browser_launch = asyncio.create_task(browser.start()) if with_runner else None
+        exits.push_async_callback(_stop_browser, browser, browser_launch)
+
         nats_url, s3_endpoint = await exits.enter_async_context(embedded_servers(settings))
         nc = await exits.enter_async_context(nats_connection(nats_url, "botledger"))
         await ensure_stream(nc, settings)
@@ -110,11 +116,9 @@ async def open_stack(settings: Settings, with_runner: bool = True) -> AsyncItera
         await serve_control(nc, settings, lambda path: _reopen_read_store(context, path))
 
         runner = None
-        if with_runner:
-            runner = Runner(
-                settings, nc, event_store, BrowserSupervisor(settings.chromium_path),
-                context.secret_box, artifacts,
-            )
+        if browser_launch is not None:
+            await browser_launch
+            runner = Runner(settings, nc, event_store, browser, context.secret_box, artifacts)
             await runner.start()
             exits.push_async_callback(runner.stop)
 
@@ -176,6 +180,23 @@ async def _serve(exits: contextlib.AsyncExitStack, app: web.Application, setting
     await site.start()
     host, port = app_runner.addresses[0][:2]
     return f"http://{host}:{port}/api/v1"
+
+
+async def _stop_browser(
+    browser: BrowserSupervisor, launch: asyncio.Task[None] | None
+) -> None:
+    if launch is None:
+        return
+    if not launch.done():
+        launch.cancel()
+    try:
+        await launch
+    except asyncio.CancelledError:
+        pass
+    except BotledgerError as error:
+        # Already raised where the launch was awaited, unless an earlier step failed first.
+        logger.warning("Chromium launch failed: %r", error)
+    await browser.stop()
 
 
 async def _close_read_store(context: GatewayContext) -> None:

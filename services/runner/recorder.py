@@ -61,11 +61,16 @@ class ExecutionRecorder:
     def execution_id(self) -> str:
         return str(self.execution.id)
 
-    async def commit(self, *commands: Command) -> None:
-        """Apply commands to the aggregate and append their events, with buffered logs first."""
+    async def commit(self, *commands: Command, with_logs: bool = False) -> None:
+        """Apply commands to the aggregate and append their events.
+
+        Logs go out on their own (``with_logs``) from the heartbeat and before the terminal
+        event: adding them to every step event would make each step a two-event atomic batch,
+        which costs nats-server about ten times a single append (benchmarks/bench_runner.py).
+        """
         async with self._lock:
             for attempt in range(1, APPEND_ATTEMPTS + 1):
-                lines = self._take_logs()
+                lines = self._take_logs() if with_logs else []
                 if lines:
                     self.execution.append_logs(lines)
                 for command in commands:
@@ -93,8 +98,9 @@ class ExecutionRecorder:
             self.on_cancel_requested()
 
     async def flush_logs(self) -> None:
-        if self._log_buffer and not self.execution.is_finished:
-            await self.commit()
+        """Append every buffered log line, one event per MAX_LOG_LINES_PER_EVENT lines."""
+        while self._log_buffer and not self.execution.is_finished:
+            await self.commit(with_logs=True)
 
     def _take_logs(self) -> list[dict[str, Any]]:
         lines = self._log_buffer[:MAX_LOG_LINES_PER_EVENT]

@@ -225,6 +225,7 @@ class Runner:
         recorder = ExecutionRecorder(self.event_store, execution, set())
         recorder.log("system", "error", reason)
         try:
+            await recorder.flush_logs()
             await recorder.commit(lambda e: e.fail(reason, 0))
         except BotledgerError as error:
             logger.info("Execution %s ended meanwhile: %r", execution.id, error)
@@ -294,6 +295,7 @@ class Runner:
             if "context" in holder:
                 await self.browser.close_context(holder["context"])
         recorder.note_dropped_logs()
+        await recorder.flush_logs()
         await recorder.commit(*recorder.close_open_steps(), outcome)
 
     async def _execute(
