@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("bot_id", metavar="BOT_ID")
     run.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE",
-        help="a parameter; VALUE is read as JSON when it parses (2, true, [1]), else as text",
+        help="a parameter; a string parameter takes VALUE as typed, others read it as JSON "
+        "when it parses (2, true, [1])",
     )
     run.add_argument("--wait", action="store_true", help="follow progress until it ends")
     run.add_argument("--api-key", default=None, help="API key (default: the stack's admin key)")

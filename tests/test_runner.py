@@ -269,7 +269,7 @@ async def test_proxy_capability_routes_through_proxy(
     seen_urls: list[str] = []
 
     async def stand_in_proxy(request: web.Request) -> web.Response:
-        # Answers every proxied request itself, so the made-up host is never resolved.
+        # The stand-in serves every proxied request itself, so the made-up host is never resolved.
         seen_urls.append(str(request.url))
         return web.Response(text="<p id='via'>served by the proxy</p>", content_type="text/html")
 
