@@ -107,8 +107,14 @@ class Runner:
         )
         await js.add_consumer(self.event_store.stream, config)
         subscription = await js.pull_subscribe_bind(CONSUMER_NAME, self.event_store.stream)
-        self._cancel_sub = await self.nc.subscribe(
-            scheme.executions(event_name="ExecutionCancelRequested"), cb=self._on_cancel_request
+        # A JetStream consumer, not a core subscription: core subscribers also see appends
+        # that JetStream then rejects, and a rejected cancel request must not stop a job.
+        self._cancel_sub = await js.subscribe(
+            scheme.executions(event_name="ExecutionCancelRequested"),
+            stream=self.event_store.stream,
+            cb=self._on_cancel_request,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
         )
         await self.browser.start()
         self._loop_task = asyncio.create_task(self._fetch_loop(subscription), name=self.runner_id)
