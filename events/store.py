@@ -364,8 +364,8 @@ class EventStore:
         sub = await self.nc.subscribe(inbox)
         try:
             sequence = max(1, from_sequence)
-            # The server scans until a batch is full, so the first page asks for one message
-            # and learns from its Nats-Num-Pending header how many more match.
+            # The server scans until a batch is full, so the first page requests one message
+            # and reads from its Nats-Num-Pending header how many more match.
             page_size = 1
             while True:
                 request = {"seq": sequence, "next_by_subj": filter_subject, "batch": page_size}

@@ -57,7 +57,7 @@ class SubjectScheme:
     def aggregate_filter(
         self, aggregate_type: str, aggregate_id: str, org_id: str | None, bot_id: str | None = None
     ) -> str:
-        """The subject filter matching every event of one aggregate; wildcards fill unknowns."""
+        """Build the filter matching every event of one aggregate, with wildcards for unknown ids."""
         org = check_org_id(org_id) if org_id else "*"
         aggregate = _token(aggregate_id, "aggregate id")
         if aggregate_type == "execution":
@@ -83,7 +83,7 @@ class SubjectScheme:
     def executions(
         self, org_id: str | None = None, bot_id: str | None = None, event_name: str | None = None
     ) -> str:
-        """A filter over executions, narrowed by organization, bot and event name when given."""
+        """Build a filter over executions, narrowed by organization, bot and event name if given."""
         org = check_org_id(org_id) if org_id else "*"
         bot = _token(bot_id, "bot id") if bot_id else "*"
         name = _token(event_name, "event name") if event_name else "*"

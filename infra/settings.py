@@ -56,7 +56,7 @@ class Settings:
     # Fernet key for secret parameter values; None reads or creates data_dir/secret.key.
     secret_key: str | None = None
 
-    # How long a write waits for its projection before answering anyway.
+    # How long a write waits for its projection before it responds anyway.
     read_your_writes_timeout_s: float = 5.0
     log_level: str = "INFO"
 

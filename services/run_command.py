@@ -26,8 +26,8 @@ VIEW_WAIT_S = 10.0
 def parse_params(pairs: list[str], types: dict[str, str] | None = None) -> dict[str, Any]:
     """Turn NAME=VALUE pairs into params.
 
-    A parameter the manifest declares as a string keeps the text as typed (``zip=01234``);
-    any other VALUE is read as JSON when it parses (2, true, [1]) and as text otherwise.
+    A parameter the manifest declares as a string keeps the text as typed (``zip=01234``). Any
+    other VALUE is read as JSON when it parses (2, true, [1]), and as text otherwise.
     """
     types = types or {}
     params: dict[str, Any] = {}

@@ -14,7 +14,7 @@ from events.bot import Bot
 from events.errors import NotFoundError, ValidationError
 from projections.handlers import public_webhook
 from projections.read_store import loads
-from services.gateway.context import CONTEXT, PRINCIPAL, GatewayContext, Principal
+from services.gateway.context import CONTEXT, GatewayContext, principal_of
 from services.gateway.http import (
     created_response,
     json_response,
@@ -94,11 +94,6 @@ def manifest_view_of_aggregate(bot: Bot) -> dict[str, Any]:
         "parameters": bot.parameters,
         "webhook": public_webhook(bot.webhook) if bot.webhook is not None else None,
     }
-
-
-def principal_of(request: web.Request) -> Principal:
-    principal: Principal = request[PRINCIPAL]
-    return principal
 
 
 def bot_row(context: GatewayContext, org_id: str, bot_id: str) -> sqlite3.Row:

@@ -1,7 +1,7 @@
-"""What every gateway handler reaches through the aiohttp application.
+"""The state every gateway handler reaches through the aiohttp application.
 
-The gateway is built from one GatewayContext; handlers read it with ``request.app[CONTEXT]`` and
-the caller's identity with ``request[PRINCIPAL]``, which the auth middleware sets.
+The gateway is built from one GatewayContext. Handlers read it with ``request.app[CONTEXT]``, and
+the caller's identity with ``principal_of(request)``, which the auth middleware sets.
 """
 
 from __future__ import annotations
@@ -48,3 +48,8 @@ class GatewayContext:
 
 CONTEXT = web.AppKey("botledger_context", GatewayContext)
 PRINCIPAL = web.RequestKey("botledger_principal", Principal)
+
+
+def principal_of(request: web.Request) -> Principal:
+    """Return the identity the auth middleware stored on an authenticated request."""
+    return request[PRINCIPAL]

@@ -29,8 +29,8 @@ from events.execution import (
 from events.store import AppendResult, last_sequence_of
 from infra.secrets import MASK
 from projections.read_store import loads
-from services.gateway.bots import bot_row, check_live, principal_of, timestamp_ms
-from services.gateway.context import CONTEXT, GatewayContext
+from services.gateway.bots import bot_row, check_live, timestamp_ms
+from services.gateway.context import CONTEXT, GatewayContext, principal_of
 from services.gateway.errors import ServiceUnavailableError
 from services.gateway.http import (
     api_url,

@@ -21,7 +21,7 @@ from events.bot import ApiKey
 from events.errors import ConflictError, NotFoundError
 from events.store import AppendResult, EventStore
 from events.subjects import check_org_id
-from services.gateway.context import CONTEXT, PERMISSION_LEVELS, PRINCIPAL, Principal
+from services.gateway.context import CONTEXT, PERMISSION_LEVELS, Principal, principal_of
 from services.gateway.http import (
     created_response,
     json_response,
@@ -117,14 +117,9 @@ def key_view(row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-def _principal(request: web.Request) -> Principal:
-    principal: Principal = request[PRINCIPAL]
-    return principal
-
-
 async def create_key(request: web.Request) -> web.StreamResponse:
     context = request.app[CONTEXT]
-    principal = _principal(request)
+    principal = principal_of(request)
     body = await read_json_object(request)
     problems = unknown_field_problems(body, ("name", "permission"))
     problems += check_key_fields(body.get("name"), body.get("permission"))
@@ -151,7 +146,7 @@ async def create_key(request: web.Request) -> web.StreamResponse:
 async def list_keys(request: web.Request) -> web.StreamResponse:
     context = request.app[CONTEXT]
     page = parse_page(request)
-    rows = context.read_store.api_keys(_principal(request).org_id, page.limit, page.before_seq)
+    rows = context.read_store.api_keys(principal_of(request).org_id, page.limit, page.before_seq)
     shown, cursor = page_of(rows, page)
     return list_response([key_view(row) for row in shown], cursor)
 
@@ -159,7 +154,7 @@ async def list_keys(request: web.Request) -> web.StreamResponse:
 async def get_key(request: web.Request) -> web.StreamResponse:
     context = request.app[CONTEXT]
     key_id = path_uuid(request, "keyId", "API key")
-    row = context.read_store.api_key(_principal(request).org_id, key_id)
+    row = context.read_store.api_key(principal_of(request).org_id, key_id)
     if row is None:
         raise NotFoundError(f"No API key with id {key_id} exists.", {"keyId": key_id})
     return json_response(key_view(row))
@@ -179,7 +174,7 @@ def check_not_own_key(principal: Principal, key_id: str) -> None:
 
 async def revoke_key(request: web.Request) -> web.StreamResponse:
     context = request.app[CONTEXT]
-    principal = _principal(request)
+    principal = principal_of(request)
     key_id = path_uuid(request, "keyId", "API key")
     check_not_own_key(principal, str(key_id))
 

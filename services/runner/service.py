@@ -2,10 +2,10 @@
 
 All runner processes share one durable pull consumer of ``ExecutionRequested`` events, so each
 request goes to one runner at a time. Appending ``ExecutionStarted`` with optimistic concurrency
-makes exactly one runner the owner. While it works, the runner marks the message in progress;
-when a runner dies, JetStream redelivers the request after the ack wait, and the runner that
-gets it fails the execution with a clear reason instead of running it twice, because a bot may
-have done something (submitted a form) that must not happen again.
+makes exactly one runner the owner. While it works, the runner marks the message in progress.
+When a runner dies, JetStream redelivers the request after the ack wait. The runner that gets
+it fails the execution with a clear reason instead of running it twice, because a bot may have
+done something (submitted a form) that must not happen again.
 """
 
 from __future__ import annotations
@@ -296,8 +296,8 @@ class Runner:
             outcome = await self._execute(execution, recorder, secrets, job, started, holder)
         finally:
             self.jobs.pop(execution_id, None)
-            # The context closes before the terminal event, so whoever sees the execution
-            # finished also sees its browser context gone.
+            # The context closes before the terminal event, so a reader that sees the execution
+            # finished also sees its browser context closed.
             if "context" in holder:
                 await self.browser.close_context(holder["context"])
         recorder.note_dropped_logs()
@@ -408,7 +408,10 @@ class Runner:
             screenshot_key = await recorder.save_artifact("failure.png", png, "image/png")
         except asyncio.TimeoutError:
             # A page too busy to paint is too busy to serialize its DOM: skip both.
-            logger.warning("Page of execution %s did not answer; no evidence", recorder.execution_id)
+            logger.warning(
+                "Page of execution %s did not respond; no evidence captured",
+                recorder.execution_id,
+            )
             recorder.log("system", "warning", "The page did not respond; no screenshot was taken.")
             return None, None
         except (PyppeteerError, BotledgerError, OSError) as error:
